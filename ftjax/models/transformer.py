@@ -1,0 +1,347 @@
+"""A decoder-only transformer in Flax Linen covering Llama, Mistral, Qwen2 and Gemma (1, 2).
+
+Every parameter and activation carries logical axis names (`embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`, `vocab`, `layers`, `activation_*`); `ftjax.sharding` maps them to mesh axes.
+Layers are an `nn.scan`, so params are stacked on a leading `layers` axis and compile time does
+not grow with depth.
+
+LoRA adapters, when present, live in a separate `lora` collection (see `ftjax.lora`): each
+projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it.
+
+The KV cache is an explicit argument and return value (no mutable collections):
+  cache = {"k": [layers, batch, max_len, kv_heads, head_dim], "v": same}
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftjax.models.config import ModelConfig
+
+Array = jax.Array
+_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _constrain(x, names):
+  return nn.with_logical_constraint(x, names)
+
+
+def _param(module, name, init, shape, names, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+
+
+class Projection(nn.Module):
+  """`y = einsum(x, kernel) (+ bias)` over the trailing `contract` axes of x, with optional LoRA."""
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    kernel = _param(self, "kernel", nn.initializers.lecun_normal(
+        in_axis=tuple(range(len(self.in_shape))),
+        out_axis=tuple(range(len(self.in_shape), len(self.in_shape) + len(self.out_shape)))),
+        self.in_shape + self.out_shape, self.in_names + self.out_names, self.param_dtype)
+    n_in = len(self.in_shape)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    if self.has_variable("lora", "a"):
+      a = self.get_variable("lora", "a")  # [*in_shape, rank]
+      b = self.get_variable("lora", "b")  # [rank, *out_shape]
+      scale = self.get_variable("lora", "scale")
+      rate = self.get_variable("lora", "dropout")
+      h = x.astype(self.dtype)
+      if not deterministic:
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, h.shape)
+        h = jnp.where(mask, h / keep, 0).astype(self.dtype)
+      h = jax.lax.dot_general(h, a.astype(self.dtype), (contract, ((), ())))
+      h = jax.lax.dot_general(h, b.astype(self.dtype), (((h.ndim - 1,), (0,)), ((), ())))
+      y = y + (h * scale).astype(self.dtype)
+    if self.use_bias:
+      bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_names,
+                    self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  dim: int
+  eps: float
+  offset: float
+  dtype: Any
+  param_dtype: Any
+  names: tuple[str, ...] = ("norm",)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = _param(self, "scale", init, (self.dim,), self.names, self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    if self.offset:  # Gemma scales in fp32 before casting back.
+      return (normed * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  if cfg.rope_llama3_scaling is not None:
+    factor, low_ff, high_ff, old_len = cfg.rope_llama3_scaling
+    low_wavelen, high_wavelen = old_len / low_ff, old_len / high_ff
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(is_medium, smoothed, scaled)
+  return (inv_freq / cfg.rope_linear_factor).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+  """cos, sin: [batch, seq, head_dim // 2] in fp32."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+  return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  # x: [batch, seq, heads, head_dim]; the rotate-half convention of HF checkpoints.
+  cos = cos[:, :, None, :].astype(x.dtype)
+  sin = sin[:, :, None, :].astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, layer_cache, cache_index, deterministic):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt)
+    q = proj((e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias, name="q_proj")(
+        x, deterministic)
+    k = proj((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="k_proj")(
+        x, deterministic)
+    v = proj((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="v_proj")(
+        x, deterministic)
+    q = _constrain(apply_rope(q, cos, sin),
+                   ("activation_batch", "activation_length", "activation_heads", "head_dim"))
+    k = _constrain(apply_rope(k, cos, sin),
+                   ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
+    v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
+
+    new_cache = None
+    if layer_cache is not None:
+      zero = jnp.zeros((), jnp.int32)
+      idx = (zero, cache_index, zero, zero)
+      k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
+      v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
+      new_cache = {"k": k, "v": v}
+      k, v = k.astype(dt), v.astype(dt)
+
+    b, t = q.shape[:2]
+    group = h // kv
+    q = q.reshape(b, t, kv, group, d)
+    scale = cfg.query_scale if cfg.query_scale is not None else d ** -0.5
+    scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
+                        preferred_element_type=jnp.float32)
+    if cfg.attn_logit_softcap:
+      scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+    out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
+    out = proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
+        out, deterministic)
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    e, f = cfg.hidden_size, cfg.intermediate_size
+    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, use_bias=cfg.mlp_bias)
+    gate = proj((e,), (f,), ("embed",), ("mlp",), name="gate_proj")(x, deterministic)
+    up = proj((e,), (f,), ("embed",), ("mlp",), name="up_proj")(x, deterministic)
+    if cfg.activation == "silu":
+      act = jax.nn.silu(gate)
+    else:
+      act = jax.nn.gelu(gate, approximate=cfg.activation == "gelu_tanh")
+    hidden = _constrain(act * up, ("activation_batch", "activation_length", "activation_mlp"))
+    return proj((f,), (e,), ("mlp",), ("embed",), name="down_proj")(hidden, deterministic)
+
+
+class DecoderLayer(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_inputs, cos, sin, masks, cache_index, deterministic):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
+    is_sliding, layer_cache = layer_inputs
+    full_mask, sliding_mask = masks
+    mask = full_mask if sliding_mask is None else jnp.where(is_sliding, sliding_mask, full_mask)
+
+    h = norm(name="input_layernorm")(x)
+    h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, cache_index,
+                                                   deterministic)
+    if cfg.post_norms:
+      h = norm(name="post_attention_layernorm")(h)
+      x = x + h
+      h = norm(name="pre_feedforward_layernorm")(x)
+      h = MLP(cfg, name="mlp")(h, deterministic)
+      h = norm(name="post_feedforward_layernorm")(h)
+    else:
+      x = x + h
+      h = norm(name="post_attention_layernorm")(x)
+      h = MLP(cfg, name="mlp")(h, deterministic)
+    x = _constrain(x + h, ("activation_batch", "activation_length", "activation_embed"))
+    return x, new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def attention_masks(cfg: ModelConfig, q_slots, k_slots, k_valid, q_segments=None,
+                    k_segments=None):
+  """Boolean [batch, q, k] masks (full, sliding-or-None) from slot indices and key validity."""
+  causal = q_slots[:, :, None] >= k_slots[:, None, :]
+  mask = causal & k_valid[:, None, :]
+  if q_segments is not None:
+    mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
+  sliding = None
+  if cfg.sliding_window and any(cfg.layer_is_sliding):
+    sliding = mask & (q_slots[:, :, None] - k_slots[:, None, :] < cfg.sliding_window)
+  return mask, sliding
+
+
+class Transformer(nn.Module):
+  """tokens [batch, seq] -> logits [batch, seq, vocab] (fp32)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Array | None = None,
+               cache: dict | None = None, cache_index: Array | None = None,
+               kv_valid: Array | None = None, deterministic: bool = True,
+               return_hidden: bool = False):
+    """Runs the decoder.
+
+    Training / scoring (cache is None): `segment_ids` [batch, seq] (0 = padding) keep packed
+    examples from attending to each other; `positions` restart at 0 in every segment.
+    Decoding: `cache` holds `max_len` slots; the new tokens are written at `cache_index` and
+    `kv_valid` [batch, max_len] says which slots hold real tokens (after this write).
+    """
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    batch, seq = tokens.shape
+    embedding = _param(self, "embedding", nn.initializers.normal(1.0),
+                       (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
+    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.hidden_size ** 0.5, dt)
+    x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+    if cache is None:
+      slots = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+      if segment_ids is None:
+        segment_ids = jnp.ones((batch, seq), jnp.int32)
+      masks = attention_masks(cfg, slots, slots, segment_ids != 0, segment_ids, segment_ids)
+      cache_index = jnp.zeros((), jnp.int32)
+    else:
+      max_len = cache["k"].shape[2]
+      q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+      k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
+      masks = attention_masks(cfg, q_slots, k_slots, kv_valid)
+    cos, sin = rope_tables(cfg, positions)
+
+    layer_cls = DecoderLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
+                           prevent_cse=False, static_argnums=(7,))
+    layers = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0, "lora": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="layers")
+    is_sliding = jnp.asarray(cfg.layer_is_sliding)
+    x, new_cache = layers(x, (is_sliding, cache), cos, sin, masks, cache_index, deterministic)
+
+    x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
+    if return_hidden:
+      return x, new_cache
+    logits = self.logits(x, embedding)
+    return logits, new_cache
+
+  def logits(self, x, embedding):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    if cfg.tie_word_embeddings:
+      logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt),
+                          preferred_element_type=jnp.float32)
+    else:
+      kernel = _param(self, "lm_head", nn.initializers.lecun_normal(),
+                      (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+      logits = jnp.einsum("bte,ev->btv", x, kernel.astype(dt), preferred_element_type=jnp.float32)
+    if cfg.final_logit_softcap:
+      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+    return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def init_params(cfg: ModelConfig, rng: Array) -> dict:
+  """Random params (plain pytree, unboxed)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Transformer(cfg).init(rng, tokens, tokens)
+  return nn.unbox(variables["params"])
+
+
+def logical_param_specs(cfg: ModelConfig) -> Any:
+  """Pytree of logical PartitionSpecs matching the params tree."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens, tokens))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, lora=None,
+            deterministic=True, rngs=None):
+  """Pure logits function used by training and scoring. Returns [batch, seq, vocab] fp32."""
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  variables = {"params": params}
+  if lora is not None:
+    variables["lora"] = lora
+  logits, _ = Transformer(cfg).apply(variables, tokens, positions, segment_ids,
+                                     deterministic=deterministic, rngs=rngs)
+  return logits
