@@ -247,13 +247,14 @@ class Transformer(nn.Module):
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array | None = None,
                cache: dict | None = None, cache_index: Array | None = None,
                kv_valid: Array | None = None, deterministic: bool = True,
-               return_hidden: bool = False):
+               last_only: bool = False):
     """Runs the decoder.
 
     Training / scoring (cache is None): `segment_ids` [batch, seq] (0 = padding) keep packed
     examples from attending to each other; `positions` restart at 0 in every segment.
     Decoding: `cache` holds `max_len` slots; the new tokens are written at `cache_index` and
     `kv_valid` [batch, max_len] says which slots hold real tokens (after this write).
+    `last_only` computes logits for the last position only (prefill).
     """
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -294,14 +295,8 @@ class Transformer(nn.Module):
     x, new_cache = layers(x, (is_sliding, cache), cos, sin, masks, cache_index, deterministic)
 
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
-    if return_hidden:
-      return x, new_cache
-    logits = self.logits(x, embedding)
-    return logits, new_cache
-
-  def logits(self, x, embedding):
-    cfg = self.cfg
-    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    if last_only:
+      x = x[:, -1:]
     if cfg.tie_word_embeddings:
       logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt),
                           preferred_element_type=jnp.float32)
@@ -311,7 +306,8 @@ class Transformer(nn.Module):
       logits = jnp.einsum("bte,ev->btv", x, kernel.astype(dt), preferred_element_type=jnp.float32)
     if cfg.final_logit_softcap:
       logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    logits = _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits, new_cache
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:

@@ -1,0 +1,99 @@
+"""What the data pipeline kept and rejected: counts per reason, and where (file:line) each came from.
+
+Every rejected row goes through `DataReport.add_bad`, so nothing is dropped silently: with
+`on_bad_rows="error"` the pipeline raises `BadRowsError` naming the first offenders; with
+`"skip"` the rows are skipped and the report says how many, why, and where.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+# Reasons a row can be rejected; `too_long` is decided after tokenization, the rest while parsing.
+REASONS = ("malformed_json", "malformed_csv", "missing_field", "wrong_type", "bad_messages",
+           "empty_output", "render_failed", "too_long")
+
+
+class DataConfigError(ValueError):
+  """The data config, a data file as a whole, or the iterator state is unusable."""
+
+
+class BadRowsError(DataConfigError):
+  """Rows were rejected while `on_bad_rows="error"`; the message names file:line and reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+  where: str  # "path:line" for files, "tfds:name/split#index" for TFDS datasets
+  reason: str  # one of REASONS
+  detail: str
+
+  def __str__(self) -> str:
+    return f"{self.where}: {self.reason} ({self.detail})"
+
+
+@dataclasses.dataclass
+class DataReport:
+  """Counts of kept and rejected examples per split, with the first few rejects of each reason."""
+  examples_per_reason: int = 10
+  kept: dict[str, int] = dataclasses.field(default_factory=dict)
+  skipped: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+  bad_rows: dict[str, list[BadRow]] = dataclasses.field(default_factory=dict)
+  stats: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def add_bad(self, split: str, row: BadRow):
+    self.skipped.setdefault(split, collections.Counter())[row.reason] += 1
+    shown = self.bad_rows.setdefault(row.reason, [])
+    if len(shown) < self.examples_per_reason:
+      shown.append(row)
+
+  def set_kept(self, split: str, count: int):
+    self.kept[split] = count
+
+  @property
+  def num_skipped(self) -> int:
+    return sum(sum(c.values()) for c in self.skipped.values())
+
+  def to_dict(self) -> dict:
+    return {
+        "kept": dict(self.kept),
+        "skipped": {split: dict(c) for split, c in self.skipped.items()},
+        "num_skipped": self.num_skipped,
+        "bad_rows": {reason: [dataclasses.asdict(r) for r in rows]
+                     for reason, rows in self.bad_rows.items()},
+        "stats": dict(self.stats),
+    }
+
+  def write_json(self, path: str | os.PathLike):
+    Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+  def summary(self) -> str:
+    kept = ", ".join(f"{split}={n}" for split, n in self.kept.items()) or "none"
+    lines = [f"data: kept {kept}; skipped {self.num_skipped}"]
+    for split, counts in self.skipped.items():
+      reasons = ", ".join(f"{reason}={n}" for reason, n in sorted(counts.items()))
+      lines.append(f"  skipped in {split}: {reasons}")
+    for reason, rows in self.bad_rows.items():
+      for row in rows:
+        lines.append(f"    {row}")
+    if self.stats:
+      lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.stats.items()))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def raise_bad_rows(rows: list[BadRow], total: int, shown: int = 5):
+  """Raises BadRowsError for `on_bad_rows="error"`: the first rows by file:line, and the count."""
+  listed = "\n  ".join(str(r) for r in rows[:shown])
+  more = f"\n  (and {total - shown} more)" if total > shown else ""
+  raise BadRowsError(
+      f"{total} bad row(s) in the training data:\n  {listed}{more}\n"
+      "Fix them, or set data.on_bad_rows='skip' to skip them (they are then counted in the "
+      "data report).")

@@ -1,0 +1,154 @@
+"""JAX logits equal transformers' logits for tiny random models of every supported family."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import ftjax
+from ftjax.checkpoints import CheckpointError, load_params
+from ftjax.models import UnsupportedModelError, forward, init_params
+from ftjax.models.config import ModelConfig
+
+COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+FAMILIES = {
+    "llama": lambda: transformers.LlamaConfig(**COMMON, tie_word_embeddings=False),
+    "llama3_rope_tied": lambda: transformers.LlamaConfig(
+        **COMMON, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16}),
+    "llama_bias": lambda: transformers.LlamaConfig(**COMMON, attention_bias=True, mlp_bias=True),
+    "mistral_sliding": lambda: transformers.MistralConfig(**COMMON, sliding_window=4),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
+    "gemma": lambda: transformers.GemmaConfig(**COMMON, head_dim=16),
+    "gemma2": lambda: transformers.Gemma2Config(
+        **COMMON, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+        attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+}
+
+
+def _save_random_model(hf_config, folder):
+  torch.manual_seed(0)
+  hf_config._attn_implementation = "eager"
+  model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+  with torch.no_grad():  # random norm weights and biases, so a mixed-up mapping cannot pass
+    for name, p in model.named_parameters():
+      if p.ndim == 1:
+        p.copy_(torch.randn_like(p) * 0.1 + (0.0 if "gemma" in hf_config.model_type else 1.0))
+  model.save_pretrained(folder)
+  return model
+
+
+def _padded_batch(padding_side, seq=10):
+  rng = np.random.default_rng(0)
+  lengths = [seq, 7, 4]
+  tokens = np.zeros((3, seq), np.int64)
+  mask = np.zeros((3, seq), np.int64)
+  for row, n in enumerate(lengths):
+    span = slice(seq - n, seq) if padding_side == "left" else slice(0, n)
+    tokens[row, span] = rng.integers(1, COMMON["vocab_size"], n)
+    mask[row, span] = 1
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  return tokens, mask, positions
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_logits_match_transformers(family, padding_side, tmp_path):
+  hf_model = _save_random_model(FAMILIES[family](), tmp_path)
+  model = ftjax.load(str(tmp_path), tokenizer=False)
+  tokens, mask, positions = _padded_batch(padding_side)
+  with torch.no_grad():
+    ref = hf_model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                   position_ids=torch.tensor(positions)).logits.numpy()
+  out = np.asarray(forward(model.config, model.params, jnp.asarray(tokens),
+                           jnp.asarray(positions), jnp.asarray(mask)))
+  valid = mask.astype(bool)
+  assert out.shape == ref.shape
+  assert np.abs(out - ref)[valid].max() <= 1e-4
+
+
+def test_packed_segments_match_separate_sequences(tmp_path):
+  """Two examples packed in one row give the same logits as each run alone."""
+  cfg = ModelConfig(family="llama", vocab_size=50, hidden_size=32, intermediate_size=48,
+                    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+  import jax
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  a, b = np.arange(1, 6), np.arange(10, 17)
+  packed = np.concatenate([a, b, [0, 0]])[None]
+  segments = np.array([[1] * 5 + [2] * 7 + [0, 0]])
+  positions = np.array([list(range(5)) + list(range(7)) + [0, 0]])
+  out = np.asarray(forward(cfg, params, packed, positions, segments))[0]
+  alone_a = np.asarray(forward(cfg, params, a[None]))[0]
+  alone_b = np.asarray(forward(cfg, params, b[None]))[0]
+  np.testing.assert_allclose(out[:5], alone_a, atol=1e-5)
+  np.testing.assert_allclose(out[5:12], alone_b, atol=1e-5)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+  with pytest.raises(CheckpointError, match="no such model folder"):
+    ftjax.load(str(tmp_path / "nope"))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+  transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
+  with pytest.raises(UnsupportedModelError, match="'gpt2'.*supported model types: llama"):
+    ftjax.load(str(tmp_path), tokenizer=False)
+
+
+def test_unsupported_rope_type_is_named(tmp_path):
+  cfg = transformers.LlamaConfig(**COMMON, rope_parameters={"rope_type": "yarn", "factor": 2.0,
+                                                            "rope_theta": 1e4})
+  cfg.save_pretrained(tmp_path)
+  with pytest.raises(UnsupportedModelError, match="rope_type 'yarn'"):
+    ftjax.load(str(tmp_path), tokenizer=False)
+
+
+def test_missing_tensor_is_named(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  _save_random_model(FAMILIES["llama"](), tmp_path)
+  weights = load_file(tmp_path / "model.safetensors")
+  del weights["model.layers.1.mlp.up_proj.weight"]
+  save_file(weights, tmp_path / "model.safetensors")
+  with pytest.raises(CheckpointError, match=r"missing 1 tensor\(s\): model.layers.1.mlp.up_proj"):
+    load_params(tmp_path)
+
+
+def test_sharded_safetensors_index(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  _save_random_model(FAMILIES["qwen2"](), tmp_path)
+  reference = load_params(tmp_path)[1]
+  weights = load_file(tmp_path / "model.safetensors")
+  (tmp_path / "model.safetensors").unlink()
+  names = sorted(weights)
+  shards = {"model-00001-of-00002.safetensors": names[::2],
+            "model-00002-of-00002.safetensors": names[1::2]}
+  for file, keys in shards.items():
+    save_file({k: weights[k] for k in keys}, tmp_path / file)
+  index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+  params = load_params(tmp_path)[1]
+  import jax
+  assert jax.tree.all(jax.tree.map(np.array_equal, params, reference))
+
+
+def test_pickle_checkpoint_refused_unless_opted_in(tmp_path):
+  hf_model = _save_random_model(FAMILIES["llama"](), tmp_path)
+  (tmp_path / "model.safetensors").unlink()
+  torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+  with pytest.raises(CheckpointError, match="pickle.*allow_pickle=True"):
+    ftjax.load(str(tmp_path), tokenizer=False)
+  model = ftjax.load(str(tmp_path), tokenizer=False, allow_pickle=True)
+  assert model.params["layers"]["mlp"]["up_proj"]["kernel"].shape == (3, 64, 96)
+
+
+def test_not_a_model_folder(tmp_path):
+  (tmp_path / "notes.txt").write_text("hello")
+  with pytest.raises(CheckpointError, match="not a model folder"):
+    ftjax.load(str(tmp_path))
