@@ -1,4 +1,4 @@
-"""What the data pipeline kept and rejected: counts per reason, and where (file:line) each came from.
+"""What the data pipeline kept and rejected: counts per reason, and where (file:line) each was.
 
 Every rejected row goes through `DataReport.add_bad`, so nothing is dropped silently: with
 `on_bad_rows="error"` the pipeline raises `BadRowsError` naming the first offenders; with
@@ -44,6 +44,7 @@ class DataReport:
   skipped: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
   bad_rows: dict[str, list[BadRow]] = dataclasses.field(default_factory=dict)
   stats: dict[str, float] = dataclasses.field(default_factory=dict)
+  tfds_specs: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> "tfds:NAME:SPLIT"
 
   def add_bad(self, split: str, row: BadRow):
     self.skipped.setdefault(split, collections.Counter())[row.reason] += 1
@@ -66,6 +67,7 @@ class DataReport:
         "bad_rows": {reason: [dataclasses.asdict(r) for r in rows]
                      for reason, rows in self.bad_rows.items()},
         "stats": dict(self.stats),
+        "tfds_specs": dict(self.tfds_specs),
     }
 
   def write_json(self, path: str | os.PathLike):
@@ -73,7 +75,8 @@ class DataReport:
 
   def summary(self) -> str:
     kept = ", ".join(f"{split}={n}" for split, n in self.kept.items()) or "none"
-    lines = [f"data: kept {kept}; skipped {self.num_skipped}"]
+    read = ", ".join(f"{split} from {spec}" for split, spec in self.tfds_specs.items())
+    lines = [f"data: kept {kept}; skipped {self.num_skipped}" + (f"; read {read}" if read else "")]
     for split, counts in self.skipped.items():
       reasons = ", ".join(f"{reason}={n}" for reason, n in sorted(counts.items()))
       lines.append(f"  skipped in {split}: {reasons}")

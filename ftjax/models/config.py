@@ -53,6 +53,9 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"  # none | full | dots | dots_no_batch
+  # LoRA (training-time): adapters live in the `lora` collection; these say how they are applied.
+  lora_scale: float = 1.0  # alpha / rank
+  lora_dropout: float = 0.0
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

@@ -46,6 +46,8 @@ class Projection(nn.Module):
   use_bias: bool
   dtype: Any
   param_dtype: Any
+  lora_scale: float = 1.0
+  lora_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -59,16 +61,14 @@ class Projection(nn.Module):
     if self.has_variable("lora", "a"):
       a = self.get_variable("lora", "a")  # [*in_shape, rank]
       b = self.get_variable("lora", "b")  # [rank, *out_shape]
-      scale = self.get_variable("lora", "scale")
-      rate = self.get_variable("lora", "dropout")
       h = x.astype(self.dtype)
-      if not deterministic:
-        keep = 1.0 - rate
+      if not deterministic and self.lora_dropout > 0:
+        keep = 1.0 - self.lora_dropout
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, h.shape)
         h = jnp.where(mask, h / keep, 0).astype(self.dtype)
       h = jax.lax.dot_general(h, a.astype(self.dtype), (contract, ((), ())))
       h = jax.lax.dot_general(h, b.astype(self.dtype), (((h.ndim - 1,), (0,)), ((), ())))
-      y = y + (h * scale).astype(self.dtype)
+      y = y + (h * self.lora_scale).astype(self.dtype)
     if self.use_bias:
       bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_names,
                     self.param_dtype)
@@ -132,7 +132,8 @@ class Attention(nn.Module):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt)
+    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, lora_scale=cfg.lora_scale,
+                             lora_dropout=cfg.lora_dropout)
     q = proj((e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias, name="q_proj")(
         x, deterministic)
     k = proj((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="k_proj")(
@@ -179,7 +180,8 @@ class MLP(nn.Module):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     e, f = cfg.hidden_size, cfg.intermediate_size
-    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, use_bias=cfg.mlp_bias)
+    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, use_bias=cfg.mlp_bias,
+                             lora_scale=cfg.lora_scale, lora_dropout=cfg.lora_dropout)
     gate = proj((e,), (f,), ("embed",), ("mlp",), name="gate_proj")(x, deterministic)
     up = proj((e,), (f,), ("embed",), ("mlp",), name="up_proj")(x, deterministic)
     if cfg.activation == "silu":

@@ -1,0 +1,126 @@
+"""The base training config: every key a recipe may set, with its default and type.
+
+Recipes in `configs/` start from `base_config()` and change what matters. `validate(config)`
+runs at start: unknown keys, wrong types and inconsistent values fail with the key's name.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "smollm2-135m-instruct"  # registered name, local folder / .gguf, or hub id
+  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (master weights stay param_dtype)
+  c.param_dtype = "float32"
+  c.remat_policy = "none"  # none | full | dots | dots_no_batch
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = "data/samples/customer_service.jsonl"  # path, or "tfds:NAME[:split]"
+  c.data.eval = ""  # path; empty: carve eval_fraction out of train
+  c.data.eval_fraction = 0.1
+  c.data.format = "auto"  # auto | jsonl | csv
+  c.data.packing = True
+  c.data.system_prompt = ""
+  c.data.on_bad_rows = "skip"  # skip (counted and reported) | error
+  c.data.data_dir = ""  # where TFDS prepares local files; empty: <workdir>/tfds
+
+  c.seq_len = 512
+  c.batch_size = 8  # global examples (packed rows) per optimizer step
+  c.grad_accum_steps = 1  # micro-batches per step; batch_size must divide evenly
+  c.num_steps = 100
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 2e-5
+  c.optimizer.schedule = "cosine"  # cosine | linear | constant (after warmup)
+  c.optimizer.warmup_steps = 10
+  c.optimizer.min_lr_ratio = 0.1
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.enabled = False
+  c.lora.rank = 8
+  c.lora.alpha = 16.0
+  c.lora.dropout = 0.0
+  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.num_devices = 0  # 0: all devices; n: the first n (e.g. 1 for a single-device run)
+  # Extra (logical name, mesh axes) rules placed before ftjax.sharding.DEFAULT_RULES.
+  c.logical_axis_rules = ()
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.eval_every_steps = 50  # 0: only at the end
+  c.log_every_steps = 10
+  c.peak_tflops_per_device = 0.0  # for MFU; 0: look the device up, else MFU is not reported
+  return c
+
+
+_CHOICES = {
+    "dtype": ("float32", "bfloat16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "data.format": ("auto", "jsonl", "csv"),
+    "data.on_bad_rows": ("skip", "error"),
+    "optimizer.schedule": ("cosine", "linear", "constant"),
+}
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _flatten(cfg, prefix=""):
+  for key, value in cfg.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flatten(value, name + ".")
+    else:
+      yield name, value
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys and types against `base_config()` and the values that must agree."""
+  reference = dict(_flatten(base_config()))
+  given = dict(_flatten(config))
+  unknown = sorted(set(given) - set(reference))
+  if unknown:
+    raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+  for key, value in given.items():
+    expected = reference[key]
+    ok = isinstance(value, type(expected)) or (
+        isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(expected, tuple) and isinstance(value, list))
+    if isinstance(expected, int) and isinstance(value, bool) and not isinstance(expected, bool):
+      ok = False
+    if not ok:
+      raise ConfigError(f"config key {key}: expected {type(expected).__name__}, "
+                        f"got {type(value).__name__} ({value!r})")
+    if key in _CHOICES and value not in _CHOICES[key]:
+      raise ConfigError(f"config key {key}: {value!r} is not one of {_CHOICES[key]}")
+  for key in ("seq_len", "batch_size", "grad_accum_steps", "num_steps", "lora.rank",
+              "checkpoint.every_steps", "log_every_steps"):
+    if given[key] < 1:
+      raise ConfigError(f"config key {key}: must be >= 1, got {given[key]}")
+  if config.batch_size % config.grad_accum_steps:
+    raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by "
+                      f"grad_accum_steps ({config.grad_accum_steps})")
+  if not 0 <= config.data.eval_fraction < 1:
+    raise ConfigError(f"config key data.eval_fraction: must be in [0, 1), "
+                      f"got {config.data.eval_fraction}")
+  if config.optimizer.learning_rate <= 0:
+    raise ConfigError("config key optimizer.learning_rate: must be > 0")
+  return config

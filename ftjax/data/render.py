@@ -1,0 +1,120 @@
+"""Chat messages -> token ids and a mask of the assistant's tokens, through the chat template.
+
+The assistant spans are found in text, not guessed from token patterns: for assistant turn i, the
+template renders the conversation before it with the generation prompt (where the reply starts)
+and the conversation through it (where the turn ends); both must be prefixes of the full render.
+The span runs from the reply's first character to the end-of-turn marker that follows the content
+(`<|im_end|>` in ChatML), which is in the loss so the model learns to stop. Tokens are then marked
+by their character offsets, so BPE merges across a span edge cannot shift the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ftjax.data.report import DataConfigError
+from ftjax.data.sources import RowError
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
+  """Prepends `system_prompt` unless the example brings its own system message."""
+  if system_prompt and messages[0]["role"] != "system":
+    return [{"role": "system", "content": system_prompt}, *messages]
+  return messages
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+  try:
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+  except Exception as err:  # the template itself refused (e.g. "roles must alternate")
+    raise RowError("render_failed", f"chat template error: {err}") from None
+
+
+def _turn_end(turn: str, content: str) -> int:
+  """Offset in `turn` (one rendered assistant turn) just past its end-of-turn marker."""
+  stripped = content.strip()
+  at = turn.rfind(stripped) if stripped else 0
+  if at < 0:  # the template rewrote the content: train on the whole turn
+    return len(turn.rstrip())
+  after = at + len(stripped)
+  tail = turn[after:]  # e.g. "<|im_end|>\n": the marker is its first non-blank run
+  if not tail.strip():
+    return after
+  marker = tail.split(None, 1)[0]
+  return after + tail.index(marker) + len(marker)
+
+
+def assistant_char_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+  """The rendered conversation and the [start, end) characters of every assistant turn."""
+  text = _render(tokenizer, messages, add_generation_prompt=False)
+  spans = []
+  for i, message in enumerate(messages):
+    if message["role"] != "assistant":
+      continue
+    before = _render(tokenizer, messages[:i], add_generation_prompt=True)
+    through = _render(tokenizer, messages[:i + 1], add_generation_prompt=False)
+    if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+      raise RowError("render_failed", f"the chat template renders turn {i} differently once "
+                     "later turns follow, so its tokens cannot be located")
+    start = len(before)
+    spans.append((start, start + _turn_end(text[start:len(through)], message["content"])))
+  return text, spans
+
+
+def _token_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+  """1 for every token whose characters overlap an assistant span. offsets: [tokens, 2]."""
+  mask = np.zeros(len(offsets), np.int32)
+  for start, end in spans:
+    mask |= ((offsets[:, 0] < end) & (offsets[:, 1] > start)).astype(np.int32)
+  return mask
+
+
+def render_examples(conversations: Sequence[list[dict]], tokenizer, system_prompt: str = ""
+                    ) -> list[tuple[np.ndarray, np.ndarray] | RowError]:
+  """Renders and tokenizes many conversations at once -> (ids, mask) each, or its RowError."""
+  rendered: list[tuple[str, list] | RowError] = []
+  for messages in conversations:
+    try:
+      rendered.append(assistant_char_spans(with_system_prompt(messages, system_prompt), tokenizer))
+    except RowError as err:
+      rendered.append(err)
+  texts = [r[0] for r in rendered if not isinstance(r, RowError)]
+  try:
+    # The template already wrote BOS and other specials into the text: add none.
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts \
+        else {"input_ids": [], "offset_mapping": []}
+  except NotImplementedError as err:
+    raise DataConfigError("SFT rendering needs a fast tokenizer (character offsets)") from err
+  encodings = iter(zip(encoded["input_ids"], encoded["offset_mapping"]))
+  results: list[tuple[np.ndarray, np.ndarray] | RowError] = []
+  for r in rendered:
+    if isinstance(r, RowError):
+      results.append(r)
+      continue
+    ids, offsets = next(encodings)
+    offsets = np.asarray(offsets, np.int64).reshape(-1, 2)
+    results.append((np.asarray(ids, np.int32), _token_mask(offsets, r[1])))
+  return results
+
+
+def render_example(messages: list[dict], tokenizer, system_prompt: str = ""
+                   ) -> tuple[list[int], list[int]]:
+  """One conversation -> (token ids, loss mask) with 1 on the assistant's tokens incl. end-of-turn.
+
+  Raises RowError (a ValueError) if the chat template cannot render it.
+  """
+  (result,) = render_examples([messages], tokenizer, system_prompt)
+  if isinstance(result, RowError):
+    raise result
+  ids, mask = result
+  return ids.tolist(), mask.tolist()
+
+
+def trim_untrained_tail(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Drops tokens after the last assistant token: they are in no loss and would only take space."""
+  trained = np.flatnonzero(mask)
+  end = int(trained[-1]) + 1 if trained.size else len(ids)
+  return ids[:end], mask[:end]

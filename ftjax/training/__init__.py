@@ -1,0 +1,1 @@
+"""Training internals: the step, checkpoints, metrics. The entry point is `ftjax.train`."""

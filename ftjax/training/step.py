@@ -1,0 +1,150 @@
+"""The train step: prompt-masked cross-entropy, gradient accumulation, Optax update.
+
+One function serves full fine-tuning and LoRA: `trainable` is either the full params tree or the
+adapter tree; with LoRA the frozen base is a separate, non-donated argument that never enters the
+optimizer state. Losses are normalised by the number of target tokens over all micro-batches,
+so k accumulated micro-batches give the same update as one k-times larger batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from ftjax.models.config import ModelConfig
+from ftjax.models.transformer import forward
+from ftjax.sharding import BATCH_AXES
+
+Batch = dict[str, jax.Array]
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+  """Per-token -log p(target): logits [batch, seq, vocab] fp32, targets [batch, seq] -> [b, s].
+
+  With a `tensor` mesh axis that divides the vocabulary, the softmax is computed where the
+  logits live (vocab-sharded) with hand-written collectives in `shard_map`, instead of
+  gathering [batch, seq, vocab] onto every device.
+  """
+  vocab = logits.shape[-1]
+  if mesh is None or mesh.shape["tensor"] == 1 or vocab % mesh.shape["tensor"]:
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return logz - target_logit
+
+  def local(logits_shard, targets_shard):
+    shard_vocab = logits_shard.shape[-1]
+    offset = jax.lax.axis_index("tensor") * shard_vocab
+    row_max = jax.lax.pmax(jax.lax.stop_gradient(logits_shard).max(axis=-1), "tensor")
+    sum_exp = jax.lax.psum(jnp.exp(logits_shard - row_max[..., None]).sum(axis=-1), "tensor")
+    local_target = targets_shard - offset
+    in_shard = (local_target >= 0) & (local_target < shard_vocab)
+    picked = jnp.take_along_axis(
+        logits_shard, jnp.clip(local_target, 0, shard_vocab - 1)[..., None], axis=-1)[..., 0]
+    target_logit = jax.lax.psum(jnp.where(in_shard, picked, 0.0), "tensor")
+    return jnp.log(sum_exp) + row_max - target_logit
+
+  batch_axes = BATCH_AXES if logits.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 \
+      else None
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(batch_axes, None, "tensor"),
+                                                   P(batch_axes, None)),
+                       out_specs=P(batch_axes, None))(logits, targets)
+
+
+def masked_loss_sums(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
+                     deterministic: bool):
+  """(sum of masked token losses, number of target tokens) for one micro-batch."""
+  logits = forward(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                   lora=lora, deterministic=deterministic,
+                   rngs=None if rng is None else {"dropout": rng})
+  token_loss = cross_entropy(logits, batch["targets"], mesh)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(token_loss * mask), jnp.sum(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  train_step: Callable  # (state, frozen, batch) -> (state, metrics)
+  eval_step: Callable  # (state, frozen, batch) -> (loss_sum, num_tokens)
+
+
+def split_micro_batches(batch: Batch, accum_steps: int) -> Batch:
+  """[accum * micro, seq] -> [accum, micro, seq], taking rows strided so that every device keeps
+  its share of each micro-batch when the batch axis is sharded in contiguous blocks."""
+  def split(x):
+    micro = x.shape[0] // accum_steps
+    return x.reshape(micro, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
+                  accum_steps: int, lora: bool, mesh: Mesh | None) -> StepFns:
+  def params_and_lora(trainable, frozen):
+    return (frozen, trainable) if lora else (trainable, None)
+
+  def loss_sums(trainable, frozen, micro, rng):
+    params, adapters = params_and_lora(trainable, frozen)
+    return masked_loss_sums(model_cfg, params, adapters, micro, rng, mesh, deterministic=False)
+
+  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+  def train_step(state: dict[str, Any], frozen, batch: Batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    micro_batches = split_micro_batches(batch, accum_steps)
+
+    def accumulate(carry, inputs):
+      index, micro = inputs
+      (loss_sum, num_tokens), grads = grad_fn(state["params"], frozen, micro,
+                                              jax.random.fold_in(rng, index))
+      carry_loss, carry_tokens, carry_grads = carry
+      return (carry_loss + loss_sum, carry_tokens + num_tokens,
+              jax.tree.map(jnp.add, carry_grads, grads)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+    (loss_sum, num_tokens, grads), _ = jax.lax.scan(
+        accumulate, (jnp.float32(0), jnp.float32(0), zeros),
+        (jnp.arange(accum_steps), micro_batches))
+    denom = jnp.maximum(num_tokens, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss_sum / denom, "target_tokens": num_tokens,
+               "grad_norm": optax.global_norm(grads)}
+    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, metrics
+
+  def eval_step(state, frozen, batch: Batch):
+    params, adapters = params_and_lora(state["params"], frozen)
+    return masked_loss_sums(model_cfg, params, adapters, batch, None, mesh, deterministic=True)
+
+  return StepFns(train_step, eval_step)
+
+
+def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+  """AdamW with warmup then cosine / linear / constant decay, and global-norm clipping."""
+  peak = opt_cfg.learning_rate
+  warmup = min(opt_cfg.warmup_steps, max(num_steps - 1, 0))
+  end = peak * opt_cfg.min_lr_ratio
+  if opt_cfg.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_steps, warmup + 1),
+                                                  end)
+  elif opt_cfg.schedule == "linear":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, end, max(num_steps - warmup, 1))], [warmup])
+  elif opt_cfg.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+  else:
+    raise ValueError(f"optimizer.schedule: {opt_cfg.schedule!r} is not one of "
+                     "cosine, linear, constant")
+  chain = []
+  if opt_cfg.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
+  chain.append(optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                           weight_decay=opt_cfg.weight_decay))
+  return optax.chain(*chain), schedule
