@@ -26,13 +26,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from ftjax import lora as lora_lib
 from ftjax.checkpoints import load
 from ftjax.config import ConfigError, validate
 from ftjax.models.transformer import logical_param_specs
-from ftjax.sharding import (DEFAULT_RULES, logical_to_shardings, make_mesh, replicated,
-                            shard_batch)
+from ftjax.sharding import (DEFAULT_RULES, batch_sharding, logical_to_shardings, make_mesh,
+                            replicated, shard_batch)
 from ftjax.training.checkpointing import Checkpointer, abstract_like
 from ftjax.training.metrics import MetricWriter, flops_per_token, peak_flops_per_device
 from ftjax.training.step import make_optimizer, make_step_fns
@@ -195,7 +196,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
 
   fns = make_step_fns(model_cfg, optimizer, accum_steps=config.grad_accum_steps,
                       lora=config.lora.enabled, mesh=mesh)
-  from ftjax.sharding import batch_sharding
   batch_sh = batch_sharding(mesh)
   train_step = jax.jit(fns.train_step,
                        in_shardings=(state_shardings, frozen_shardings, batch_sh),
@@ -222,6 +222,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   history, eval_history = [], []
   preemption = _Preemption()
   iterator = data.train_iterator(data_state)
+  # A live bar on a terminal; logs and metrics.jsonl carry the same numbers otherwise.
+  progress = tqdm.tqdm(total=config.num_steps, initial=start_step, dynamic_ncols=True,
+                       disable=not (is_main and sys.stderr.isatty()))
   step = start_step
   try:
     while step < config.num_steps:
@@ -238,6 +241,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
       if peak:
         metrics["mfu"] = flops * metrics["tokens_per_second"] / (peak * jax.device_count())
       history.append(metrics)
+      progress.update(1)
+      progress.set_postfix(loss=f"{metrics['loss']:.4f}",
+                           tok_s=f"{metrics['tokens_per_second']:,.0f}",
+                           mfu=f"{100 * metrics['mfu']:.1f}%" if "mfu" in metrics else "n/a")
       writer.write(step, metrics, echo=step % config.log_every_steps == 0 or step == 1)
       if config.eval_every_steps and step % config.eval_every_steps == 0:
         eval_metrics = evaluate(state)
@@ -259,6 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
       if checkpointer.latest_step() != step:
         checkpointer.save(step, state, data_state, force=True)
   finally:
+    progress.close()
     checkpointer.wait()
     checkpointer.close()
     writer.close()
