@@ -203,8 +203,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   eval_step = jax.jit(fns.eval_step, in_shardings=(state_shardings, frozen_shardings, batch_sh),
                       out_shardings=replicated(mesh))
 
+  # Every host must run the same number of eval steps, though their shards may differ in size.
+  num_eval_batches = len(data.eval_batches())
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    num_eval_batches = int(np.max(multihost_utils.process_allgather(np.int32(num_eval_batches))))
+  eval_batches = data.eval_batches(min_batches=num_eval_batches)
+
   def evaluate(current_state):
-    batches = data.eval_batches()
+    batches = eval_batches
     if not batches:
       return None
     loss_sum, tokens = 0.0, 0.0
