@@ -311,11 +311,12 @@ def test_smollm2_lora_overfits_16_examples(tmp_path):
   c.data.eval_fraction = 0.0
   c.seq_len = 512  # the 16 examples pack into 3 rows: one batch is one epoch
   c.batch_size = 3
-  c.num_steps = 14  # measured: loss 3.14 at step 1, 0.10 at step 10, 0.055 at step 11
+  # Measured (with one warmup step): 3.18 at step 1, 0.30 at step 8, 0.047 at step 10, 0.01 at 14.
+  c.num_steps = 12
   c.eval_every_steps = 0
   c.checkpoint.every_steps = 1000
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.warmup_steps = 1
+  c.optimizer.warmup_steps = 0
   c.optimizer.schedule = "constant"
   c.lora.enabled = True
   c.lora.rank = 16

@@ -1,0 +1,24 @@
+"""Retrieval: corpus ingestion, BM25 / dense / hybrid search over an updatable index, RAG, RAFT.
+
+  index = RetrievalIndex.create("runs/index")          # or RetrievalIndex.open(...)
+  index.add(read_jsonl("docs.jsonl"))                  # replace(...), delete([...]) later
+  hits = index.search(["who designed ...?"], k=5, method="hybrid")
+  answers = rag.answer(questions, functools.partial(index.search, method="hybrid"), model)
+"""
+
+from ftjax.retrieval.corpus import (Chunk, Corpus, CorpusError, Document, QAPair, chunk_documents,
+                                    from_records, load_corpus, read_folder, read_jsonl, read_tfds)
+from ftjax.retrieval.dense import Encoder, InputTooLongError, encode, load_encoder
+from ftjax.retrieval.hybrid import reciprocal_rank_fusion
+from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, IndexConfig, Passage,
+                                   QueryTruncatedWarning, RetrievalIndex, RetrievalIndexError,
+                                   UpdateReport)
+from ftjax.retrieval.metrics import evaluate, mrr, recall_at_k
+
+__all__ = [
+    "Chunk", "Corpus", "CorpusError", "Document", "EmptyIndexError", "EmptyQueryError", "Encoder",
+    "Hits", "IndexConfig", "InputTooLongError", "Passage", "QAPair", "QueryTruncatedWarning",
+    "RetrievalIndex", "RetrievalIndexError", "UpdateReport", "chunk_documents", "encode",
+    "evaluate", "from_records", "load_corpus", "load_encoder", "mrr", "read_folder", "read_jsonl",
+    "read_tfds", "recall_at_k", "reciprocal_rank_fusion",
+]

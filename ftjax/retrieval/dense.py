@@ -8,15 +8,17 @@ Inputs longer than `max_seq_length` word pieces (256 for MiniLM, from sentence_b
 are truncated like sentence-transformers does (first 254 pieces + [CLS] + [SEP]); `encode`
 reports which texts were cut, or raises `InputTooLongError` with `on_overflow="error"`.
 
-Search is exact: scores = queries @ index.T, then `lax.top_k`. With a mesh, the index rows are
-split over the mesh axis; each device takes its local top-k and a final top-k merges the
-`devices * k` candidates, which gives the same ids and scores as the unsharded search.
+Search is exact: scores = queries @ index.T in fixed-size row blocks with a running `lax.top_k`.
+The index rows are split over a mesh axis (`shard_map`); each device takes its local top-k and a
+final top-k merges the `devices * k` candidates, which gives the same ids and scores as the
+unsharded search.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from pathlib import Path
@@ -233,14 +235,18 @@ def tokenize(encoder: Encoder, texts: list[str], on_overflow: str = "truncate"
 
 
 def _bucket(n: int, cap: int, minimum: int) -> int:
-  """Next power of two >= n (at least `minimum`, at most `cap`): bounds recompilations."""
-  return min(cap, max(minimum, 1 << max(0, n - 1).bit_length()))
+  """Smallest of minimum * (1, 1.5, 2, 3, 4, 6, 8, ...) >= n, at most `cap`: few shapes to
+  compile, and at most a third of a batch is padding."""
+  for i in itertools.count():
+    for size in (minimum << i, (3 * minimum << i) // 2):
+      if size >= n:
+        return min(cap, size)
 
 
 def encode(encoder: Encoder, texts: list[str], *, batch_size: int = 64,
            on_overflow: str = "truncate") -> Encoded:
-  """Embeds texts with a jit-compiled batched forward pass; texts are sorted by length so
-  each batch is padded only to a power-of-two bucket of its own longest text."""
+  """Embeds texts with a jit-compiled batched forward pass. Texts are sorted by length, so
+  each batch is padded only to the bucket (`_bucket`) of its own longest text."""
   cfg = encoder.config
   if not texts:
     return Encoded(np.zeros((0, cfg.hidden_size), np.float32), np.zeros(0, np.int64),
@@ -261,36 +267,67 @@ def encode(encoder: Encoder, texts: list[str], *, batch_size: int = 64,
   return Encoded(out, num_tokens, truncated)
 
 
-def top_k(queries, index, valid, k: int):
-  """Exact inner-product top-k: ([q, k] scores, [q, k] rows); rows with valid=False never win."""
-  scores = jnp.einsum("qd,nd->qn", queries, index, precision=jax.lax.Precision.HIGHEST,
-                      preferred_element_type=jnp.float32)
-  scores = jnp.where(valid[None, :], scores, -jnp.inf)
-  return jax.lax.top_k(scores, k)
+def top_k(queries, index, valid, k: int, block_rows: int):
+  """Exact inner-product top-k: ([q, k] scores, [q, k] rows); rows with valid=False never win.
+
+  Scores are computed block by block ([q, block_rows] matmuls, N a multiple of block_rows) with a
+  running top-k: the [q, N] score matrix is never materialised, and since XLA's matmul rounding
+  depends on the matrix shape, fixed blocks make every score independent of how the rows are
+  split over devices. Ties resolve to the lower row, as in `lax.top_k`.
+  """
+  dim = queries.shape[1]
+  blocks = index.reshape(-1, block_rows, dim)
+  valid_blocks = valid.reshape(-1, block_rows)
+  offsets = jnp.arange(blocks.shape[0], dtype=jnp.int32) * block_rows
+  local_k = min(k, block_rows)
+
+  def block_top_k(block_index, block_valid, offset):
+    scores = jnp.einsum("qd,nd->qn", queries, block_index,
+                        precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    scores = jnp.where(block_valid[None, :], scores, -jnp.inf)
+    scores, rows = jax.lax.top_k(scores, local_k)
+    return scores, rows + offset
+
+  def step(best, block):
+    scores, rows = block_top_k(*block)
+    # The running best (earlier, lower rows) comes first, so ties keep the lower row.
+    merged_scores = jnp.concatenate([best[0], scores], axis=1)
+    merged_rows = jnp.concatenate([best[1], rows], axis=1)
+    top, pos = jax.lax.top_k(merged_scores, k)
+    return (top, jnp.take_along_axis(merged_rows, pos, axis=1)), None
+
+  # The first block seeds the running top-k: a carry made from the data (rather than constants)
+  # has the right varying-over-devices type inside shard_map.
+  scores, rows = block_top_k(blocks[0], valid_blocks[0], offsets[0])
+  pad = ((0, 0), (0, k - local_k))
+  init = (jnp.pad(scores, pad, constant_values=-jnp.inf), jnp.pad(rows, pad, constant_values=-1))
+  (scores, rows), _ = jax.lax.scan(step, init, (blocks[1:], valid_blocks[1:], offsets[1:]))
+  return scores, rows
 
 
-def sharded_top_k(queries, index, valid, k: int, mesh: Mesh, axis: str = "shard"):
+def sharded_top_k(queries, index, valid, k: int, block_rows: int, mesh: Mesh,
+                  axis: str = "shard"):
   """`top_k` with index rows split over `mesh[axis]`: local top-k per shard, then a merge.
 
-  `index` rows must divide evenly over the shards. Ties resolve to the lower row, as in
-  `lax.top_k`: candidates are merged in shard order and each shard's list is row-ordered.
+  Each shard's rows must be a multiple of `block_rows`. Gives exactly the ids and scores of the
+  unsharded `top_k` with the same `block_rows`: scores come from the same block matmuls, and the
+  merge sees candidates in shard (= row) order, so ties still resolve to the lower row.
   """
   shards = mesh.shape[axis]
   rows_per_shard = index.shape[0] // shards
-  local_k = min(k, rows_per_shard)
 
   def local(q, index_shard, valid_shard):
-    scores, rows = top_k(q, index_shard, valid_shard, local_k)
+    scores, rows = top_k(q, index_shard, valid_shard, k, block_rows)
     return scores, rows + jax.lax.axis_index(axis) * rows_per_shard
 
   scores, rows = jax.shard_map(
       local, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
       out_specs=(P(None, axis), P(None, axis)))(queries, index, valid)
-  best, pos = jax.lax.top_k(scores, k)  # over [q, shards * local_k] candidates
+  best, pos = jax.lax.top_k(scores, k)  # over [q, shards * k] candidates
   return best, jnp.take_along_axis(rows, pos, axis=1)
 
 
-_sharded_top_k_jit = jax.jit(sharded_top_k, static_argnames=("k", "mesh", "axis"))
+_sharded_top_k_jit = jax.jit(sharded_top_k, static_argnames=("k", "block_rows", "mesh", "axis"))
 
 
 def default_mesh(axis: str = "shard") -> Mesh:
@@ -298,26 +335,30 @@ def default_mesh(axis: str = "shard") -> Mesh:
 
 
 class DeviceIndex(NamedTuple):
-  """Index embeddings placed on the mesh, padded to a multiple of the shard count."""
+  """Index embeddings placed on the mesh, padded to a multiple of shards * block_rows."""
   embeddings: jax.Array  # [rows_padded, hidden], sharded over rows
   valid: jax.Array  # [rows_padded] bool
-  num_rows: int
+  block_rows: int
   mesh: Mesh
   axis: str
 
 
 def place_index(embeddings: np.ndarray, valid: np.ndarray | None = None,
-                mesh: Mesh | None = None, axis: str = "shard") -> DeviceIndex:
+                mesh: Mesh | None = None, axis: str = "shard", block_rows: int = 4096
+                ) -> DeviceIndex:
+  """Pads and shards the index rows; blocks shrink (to a multiple of 64) for small indexes."""
   mesh = mesh or default_mesh(axis)
   n, dim = embeddings.shape
   shards = mesh.shape[axis]
-  padded = max(shards, -(-n // shards) * shards)
+  block_rows = min(block_rows, max(64, -(-n // (shards * 64)) * 64))
+  padded = max(1, -(-n // (shards * block_rows))) * shards * block_rows
   emb = np.zeros((padded, dim), np.float32)
   emb[:n] = embeddings
   ok = np.zeros(padded, bool)
   ok[:n] = True if valid is None else valid
   sharding = NamedSharding(mesh, P(axis))
-  return DeviceIndex(jax.device_put(emb, sharding), jax.device_put(ok, sharding), n, mesh, axis)
+  return DeviceIndex(jax.device_put(emb, sharding), jax.device_put(ok, sharding), block_rows, mesh,
+                     axis)
 
 
 def search(index: DeviceIndex, queries: np.ndarray, k: int, query_batch: int = 256
@@ -336,8 +377,8 @@ def search(index: DeviceIndex, queries: np.ndarray, k: int, query_batch: int = 2
     batch = _bucket(len(chunk), query_batch, 1)
     padded = np.zeros((batch, queries.shape[1]), np.float32)
     padded[:len(chunk)] = chunk
-    s, r = _sharded_top_k_jit(padded, index.embeddings, index.valid, k=k_eff, mesh=index.mesh,
-                              axis=index.axis)
+    s, r = _sharded_top_k_jit(padded, index.embeddings, index.valid, k=k_eff,
+                              block_rows=index.block_rows, mesh=index.mesh, axis=index.axis)
     s, r = np.asarray(s)[:len(chunk)], np.asarray(r)[:len(chunk)]
     scores[start:start + len(chunk), :k_eff] = s
     rows[start:start + len(chunk), :k_eff] = np.where(np.isfinite(s), r, -1)
