@@ -152,3 +152,23 @@ def test_not_a_model_folder(tmp_path):
   (tmp_path / "notes.txt").write_text("hello")
   with pytest.raises(CheckpointError, match="not a model folder"):
     ftjax.load(str(tmp_path))
+
+
+def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
+  import huggingface_hub
+  _save_random_model(FAMILIES["qwen2"](), tmp_path / "snapshot")
+  calls = []
+
+  def fake_download(repo_id, allow_patterns=None, **kwargs):
+    calls.append((repo_id, allow_patterns))
+    if repo_id == "org/missing":
+      raise OSError("offline")
+    return str(tmp_path / "snapshot")
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+  model = ftjax.load("org/tiny-qwen", tokenizer=False)
+  assert model.config.family == "qwen2"
+  assert calls[0][0] == "org/tiny-qwen"
+  assert "*.safetensors" in calls[0][1] and not any(p.endswith(".bin") for p in calls[0][1])
+  with pytest.raises(CheckpointError, match="org/missing: could not download.*offline"):
+    ftjax.load("org/missing")
