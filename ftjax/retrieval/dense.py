@@ -275,21 +275,21 @@ def top_k(queries, index, valid, k: int, block_rows: int):
   depends on the matrix shape, fixed blocks make every score independent of how the rows are
   split over devices. Ties resolve to the lower row, as in `lax.top_k`.
   """
-  dim = queries.shape[1]
-  blocks = index.reshape(-1, block_rows, dim)
-  valid_blocks = valid.reshape(-1, block_rows)
-  offsets = jnp.arange(blocks.shape[0], dtype=jnp.int32) * block_rows
   local_k = min(k, block_rows)
 
-  def block_top_k(block_index, block_valid, offset):
-    scores = jnp.einsum("qd,nd->qn", queries, block_index,
-                        precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-    scores = jnp.where(block_valid[None, :], scores, -jnp.inf)
-    scores, rows = jax.lax.top_k(scores, local_k)
-    return scores, rows + offset
+  def block_top_k(block):
+    # Slicing inside the loop, not before it: `index[block_rows:]` would copy the whole index.
+    start = block * block_rows
+    block_index = jax.lax.dynamic_slice_in_dim(index, start, block_rows)
+    scores = jnp.einsum("qd,nd->qn", queries, block_index, precision=jax.lax.Precision.HIGHEST,
+                        preferred_element_type=jnp.float32)
+    scores = jnp.where(jax.lax.dynamic_slice_in_dim(valid, start, block_rows)[None, :], scores,
+                       -jnp.inf)
+    scores, top = jax.lax.top_k(scores, local_k)
+    return scores, top + start
 
   def step(best, block):
-    scores, rows = block_top_k(*block)
+    scores, rows = block_top_k(block)
     # The running best (earlier, lower rows) comes first, so ties keep the lower row.
     merged_scores = jnp.concatenate([best[0], scores], axis=1)
     merged_rows = jnp.concatenate([best[1], rows], axis=1)
@@ -298,10 +298,11 @@ def top_k(queries, index, valid, k: int, block_rows: int):
 
   # The first block seeds the running top-k: a carry made from the data (rather than constants)
   # has the right varying-over-devices type inside shard_map.
-  scores, rows = block_top_k(blocks[0], valid_blocks[0], offsets[0])
+  scores, rows = block_top_k(0)
   pad = ((0, 0), (0, k - local_k))
   init = (jnp.pad(scores, pad, constant_values=-jnp.inf), jnp.pad(rows, pad, constant_values=-1))
-  (scores, rows), _ = jax.lax.scan(step, init, (blocks[1:], valid_blocks[1:], offsets[1:]))
+  num_blocks = index.shape[0] // block_rows
+  (scores, rows), _ = jax.lax.scan(step, init, jnp.arange(1, num_blocks))
   return scores, rows
 
 

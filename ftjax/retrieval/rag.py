@@ -1,0 +1,165 @@
+"""Retrieval-augmented generation: retrieved passages placed before the question, in a budget.
+
+The prompt is one user message:
+
+  {instruction}
+
+  [1] {passage 1}
+
+  [2] {passage 2}
+
+  Question: {question}
+
+`build_prompt` fills it within `max_prompt_tokens`, counted with the generator's tokenizer on the
+chat-rendered prompt (what the model actually reads). Passages go in rank order; the one that
+does not fit whole is cut at a token boundary (if at least `min_passage_tokens` of it fit) and
+the rest are left out. The question is never cut: if it does not fit with the instruction alone,
+`PromptBudgetError` is raised. RAFT training examples use the same template, so a model
+fine-tuned on them sees at inference exactly the format it was trained on.
+
+`answer` retrieves, builds the prompts and calls the one generation function of the project
+(`ftjax.generate.generate`), and records with every answer the passages used (doc id, chunk id,
+score, tokens kept) and the prompt's token count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+from ftjax.generate import SamplingConfig, encode_prompts, generate
+
+DEFAULT_INSTRUCTION = "Answer the question. The passages below may help."
+TRUNCATION_MARK = " ..."
+
+
+class PromptBudgetError(ValueError):
+  """The question (with the instruction) alone exceeds the prompt budget."""
+
+
+def render_prompt(question: str, passages: Sequence[str],
+                  instruction: str = DEFAULT_INSTRUCTION) -> str:
+  parts = [instruction] if instruction else []
+  parts += [f"[{i}] {text}" for i, text in enumerate(passages, 1)]
+  parts.append(f"Question: {question}")
+  return "\n\n".join(parts)
+
+
+def count_prompt_tokens(tokenizer, content: str) -> int:
+  """Tokens the model reads for this user message, rendered exactly as `generate` does."""
+  return len(encode_prompts(tokenizer, [content])[0])
+
+
+class UsedPassage(NamedTuple):
+  rank: int  # rank from the retriever (1-based)
+  doc_id: str
+  chunk_id: str
+  score: float
+  num_tokens: int  # tokens of the passage kept in the prompt
+  truncated: bool
+
+
+class RagPrompt(NamedTuple):
+  text: str
+  passages: tuple[UsedPassage, ...]
+  num_tokens: int
+
+
+def build_prompt(question: str, passages: Sequence[Any], tokenizer, max_prompt_tokens: int,
+                 instruction: str = DEFAULT_INSTRUCTION, min_passage_tokens: int = 16
+                 ) -> RagPrompt:
+  """Fills the template with as many of `passages` (objects with doc_id, chunk_id, text, score,
+  rank: `index.Passage`) as fit in `max_prompt_tokens`."""
+  if not question.strip():
+    raise ValueError("empty question")
+
+  def count(texts):
+    return count_prompt_tokens(tokenizer, render_prompt(question, texts, instruction))
+
+  base = count([])
+  if base > max_prompt_tokens:
+    raise PromptBudgetError(
+        f"the question with the instruction needs {base} tokens, over the budget of "
+        f"{max_prompt_tokens}; the question is never truncated: raise max_prompt_tokens")
+  texts: list[str] = []
+  used: list[UsedPassage] = []
+  total = base
+  for p in passages:
+    offsets = tokenizer(p.text, add_special_tokens=False, return_offsets_mapping=True
+                        )["offset_mapping"]
+    full = count(texts + [p.text])
+    if full <= max_prompt_tokens:
+      texts.append(p.text)
+      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, len(offsets), False))
+      total = full
+      continue
+
+    def cut(num_tokens):
+      return p.text[:offsets[num_tokens - 1][1]] + TRUNCATION_MARK
+
+    # Longest prefix (in tokens) that still fits: the count grows with the prefix.
+    lo, hi = 0, len(offsets) - 1
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      if count(texts + [cut(mid)]) <= max_prompt_tokens:
+        lo = mid
+      else:
+        hi = mid - 1
+    if lo >= min_passage_tokens:
+      texts.append(cut(lo))
+      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, lo, True))
+      total = count(texts)
+    break
+  return RagPrompt(render_prompt(question, texts, instruction), tuple(used), total)
+
+
+@dataclasses.dataclass(frozen=True)
+class RagAnswer:
+  question: str
+  answer: str
+  passages: tuple[UsedPassage, ...]
+  num_prompt_tokens: int  # as reported by the generator
+  finish_reason: str
+  prompt: str
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["passages"] = [p._asdict() for p in self.passages]
+    return out
+
+
+def model_generate_fn(model, sampling=None) -> Callable[[list[str]], list]:
+  """`prompts -> completions` through `ftjax.generate.generate` (greedy, 128 tokens by default)."""
+  sampling = sampling or SamplingConfig(max_new_tokens=128, greedy=True)
+  return lambda prompts: generate(model, prompts, sampling)
+
+
+def answer(questions: Sequence[str], search: Callable[[list[str], int], list[list[Any]]],
+           generator, *, tokenizer=None, k: int = 5, max_prompt_tokens: int = 1024,
+           instruction: str = DEFAULT_INSTRUCTION, sampling=None,
+           min_passage_tokens: int = 16) -> list[RagAnswer]:
+  """Retrieve-then-generate for a batch of questions.
+
+  `search(questions, k)` returns ranked passages per question (e.g.
+  `functools.partial(index.search, method="hybrid")`). `generator` is a loaded model
+  (`ftjax.load(...)`, whose tokenizer counts the budget) or a callable
+  `prompts -> completions` (objects with `text`, `num_prompt_tokens`, `finish_reason`), which
+  then needs `tokenizer`.
+  """
+  questions = list(questions)
+  if hasattr(generator, "params"):  # a loaded model (ftjax.Pretrained)
+    generate_fn = model_generate_fn(generator, sampling)
+    tokenizer = tokenizer or generator.tokenizer
+  else:
+    generate_fn = generator
+    if tokenizer is None:
+      raise ValueError("pass the generator's tokenizer: it counts the prompt budget")
+  retrieved = search(questions, k)
+  prompts = [build_prompt(q, passages, tokenizer, max_prompt_tokens, instruction,
+                          min_passage_tokens) for q, passages in zip(questions, retrieved)]
+  completions = generate_fn([p.text for p in prompts])
+  if len(completions) != len(prompts):
+    raise RuntimeError(f"generator returned {len(completions)} completions for {len(prompts)} "
+                       "prompts")
+  return [RagAnswer(q, c.text, p.passages, c.num_prompt_tokens, c.finish_reason, p.text)
+          for q, p, c in zip(questions, prompts, completions)]
