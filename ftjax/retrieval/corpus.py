@@ -80,10 +80,15 @@ def from_records(records: Iterable[Mapping[str, Any]], *, id_key: str | None = "
                  text_key: str = "text", title_key: str | None = None,
                  source: str = "records") -> Corpus:
   """Documents from dicts. Without `id_key` (None) ids are `"{source}:{index}"`."""
+  located = ((i, f"{source}[{i}]", record) for i, record in enumerate(records))
+  return _collect(located, id_key, text_key, title_key, source)
+
+
+def _collect(located, id_key, text_key, title_key, source) -> Corpus:
+  """(index, location, record) triples -> Corpus; empty texts are skipped and reported."""
   documents, where, skipped = [], [], []
-  for i, record in enumerate(records):
-    loc = f"{source}[{i}]"
-    doc = _record_to_document(record, i, loc, id_key, text_key, title_key, source)
+  for index, loc, record in located:
+    doc = _record_to_document(record, index, loc, id_key, text_key, title_key, source)
     if isinstance(doc, str):
       skipped.append((loc, doc))
     else:
@@ -134,17 +139,8 @@ def read_jsonl(path: str | os.PathLike, *, id_key: str | None = "id", text_key: 
         except json.JSONDecodeError as err:
           raise CorpusError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
 
-  documents, where, skipped = [], [], []
-  for lineno, record in rows():
-    loc = f"{path}:{lineno}"
-    doc = _record_to_document(record, lineno, loc, id_key, text_key, title_key, str(path))
-    if isinstance(doc, str):
-      skipped.append((loc, doc))
-    else:
-      documents.append(doc)
-      where.append(loc)
-  _check_unique(documents, where)
-  return Corpus(documents, skipped)
+  located = ((lineno, f"{path}:{lineno}", record) for lineno, record in rows())
+  return _collect(located, id_key, text_key, title_key, str(path))
 
 
 def read_folder(path: str | os.PathLike, suffixes: tuple[str, ...] = (".txt", ".md")) -> Corpus:
