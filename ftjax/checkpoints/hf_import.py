@@ -45,6 +45,9 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], 
   if cfg.mlp_bias:
     for name in ("gate_proj", "up_proj", "down_proj"):
       m[f"mlp.{name}.bias"] = (f"mlp/{name}/bias", lambda w: w)
+  if cfg.qk_norm:
+    m["self_attn.q_norm.weight"] = ("self_attn/q_norm/scale", lambda w: w)
+    m["self_attn.k_norm.weight"] = ("self_attn/k_norm/scale", lambda w: w)
   if cfg.post_norms:
     m["pre_feedforward_layernorm.weight"] = ("pre_feedforward_layernorm/scale", lambda w: w)
     m["post_feedforward_layernorm.weight"] = ("post_feedforward_layernorm/scale", lambda w: w)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
 
 
 class UnsupportedModelError(ValueError):
@@ -31,6 +31,8 @@ class ModelConfig:
   # Llama-3 style frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_pos).
   rope_llama3_scaling: tuple[float, float, float, int] | None = None
   rope_linear_factor: float = 1.0
+  # Gemma 3: sliding-window layers use their own, unscaled RoPE base.
+  rope_local_theta: float | None = None
   max_position_embeddings: int = 2048
   tie_word_embeddings: bool = False
   qkv_bias: bool = False
@@ -39,7 +41,8 @@ class ModelConfig:
   activation: str = "silu"  # silu | gelu_tanh | gelu
   norm_offset: float = 0.0  # Gemma stores norm weights as (scale - 1).
   embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(hidden_size).
-  post_norms: bool = False  # Gemma 2: extra norms after attention and around the MLP.
+  post_norms: bool = False  # Gemma 2/3: extra norms after attention and around the MLP.
+  qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on queries and keys before RoPE.
   attn_logit_softcap: float | None = None
   final_logit_softcap: float | None = None
   query_scale: float | None = None  # None -> head_dim ** -0.5
@@ -89,8 +92,15 @@ def _as_tuple_ids(value) -> tuple[int, ...]:
 
 def _rope_fields(hf: dict) -> dict:
   params = hf.get("rope_parameters") or {}
-  if "full_attention" in params:  # per-layer-type rope (Gemma 3): not supported yet
-    raise UnsupportedModelError("per-layer-type rope_parameters are not supported")
+  if "full_attention" in params:  # per layer type (Gemma 3): global layers may be scaled
+    local = params.get("sliding_attention") or {}
+    if local and local.get("rope_type", "default") != "default":
+      raise UnsupportedModelError(
+          f"rope_type {local['rope_type']!r} on sliding-window layers is not supported")
+    fields = _rope_fields({"rope_parameters": params["full_attention"]})
+    if local:
+      fields["rope_local_theta"] = float(local["rope_theta"])
+    return fields
   legacy = hf.get("rope_scaling") or {}
   params = {**legacy, **params}
   theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -152,11 +162,13 @@ def from_hf_config(hf: dict | Any, **overrides) -> ModelConfig:
     fields.update(qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
   if family == "qwen2":
     fields["qkv_bias"] = True
-  if family in ("gemma", "gemma2"):
+  if family in ("gemma", "gemma2", "gemma3_text"):
     fields.update(norm_offset=1.0, embed_scale=True)
     # Gemma 1 configs say hidden_act="gelu" but HF runs the tanh approximation.
     fields["activation"] = "gelu_tanh"
-  if family == "gemma2":
+  if family == "gemma3_text":
+    fields["qk_norm"] = True
+  if family in ("gemma2", "gemma3_text"):
     fields.update(
         post_norms=True,
         attn_logit_softcap=hf.get("attn_logit_softcapping"),

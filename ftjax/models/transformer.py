@@ -95,9 +95,13 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+  """Inverse frequencies; `local` gives the unscaled ones of Gemma 3's sliding-window layers."""
   dim = cfg.head_dim
-  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  theta = cfg.rope_local_theta if local else cfg.rope_theta
+  inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  if local:
+    return inv_freq.astype(np.float32)
   if cfg.rope_llama3_scaling is not None:
     factor, low_ff, high_ff, old_len = cfg.rope_llama3_scaling
     low_wavelen, high_wavelen = old_len / low_ff, old_len / high_ff
@@ -110,9 +114,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return (inv_freq / cfg.rope_linear_factor).astype(np.float32)
 
 
-def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+def rope_tables(cfg: ModelConfig, positions: Array, local: bool = False) -> tuple[Array, Array]:
   """cos, sin: [batch, seq, head_dim // 2] in fp32."""
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg, local))
   return jnp.cos(freqs), jnp.sin(freqs)
 
 
@@ -140,6 +144,10 @@ class Attention(nn.Module):
         x, deterministic)
     v = proj((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias, name="v_proj")(
         x, deterministic)
+    if cfg.qk_norm:
+      norm = functools.partial(RMSNorm, d, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt,
+                               names=("head_dim",))
+      q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
     q = _constrain(apply_rope(q, cos, sin),
                    ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     k = _constrain(apply_rope(k, cos, sin),
@@ -196,13 +204,16 @@ class DecoderLayer(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_inputs, cos, sin, masks, cache_index, deterministic):
+  def __call__(self, x, layer_inputs, rope, masks, cache_index, deterministic):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
     is_sliding, layer_cache = layer_inputs
     full_mask, sliding_mask = masks
     mask = full_mask if sliding_mask is None else jnp.where(is_sliding, sliding_mask, full_mask)
+    (cos, sin), local_rope = rope
+    if local_rope is not None:
+      cos, sin = jnp.where(is_sliding, local_rope[0], cos), jnp.where(is_sliding, local_rope[1], sin)
 
     h = norm(name="input_layernorm")(x)
     h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, cache_index,
@@ -279,22 +290,23 @@ class Transformer(nn.Module):
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
       masks = attention_masks(cfg, q_slots, k_slots, kv_valid)
-    cos, sin = rope_tables(cfg, positions)
+    rope = (rope_tables(cfg, positions),
+            rope_tables(cfg, positions, local=True) if cfg.rope_local_theta else None)
 
     layer_cls = DecoderLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
-                           prevent_cse=False, static_argnums=(7,))
+                           prevent_cse=False, static_argnums=(6,))
     layers = nn.scan(
         layer_cls,
         variable_axes={"params": 0, "lora": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     is_sliding = jnp.asarray(cfg.layer_is_sliding)
-    x, new_cache = layers(x, (is_sliding, cache), cos, sin, masks, cache_index, deterministic)
+    x, new_cache = layers(x, (is_sliding, cache), rope, masks, cache_index, deterministic)
 
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
     if last_only:
