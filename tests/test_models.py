@@ -178,3 +178,12 @@ def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
   assert "*.safetensors" in calls[0][1] and not any(p.endswith(".bin") for p in calls[0][1])
   with pytest.raises(CheckpointError, match="org/missing: could not download.*offline"):
     ftjax.load("org/missing")
+
+
+def test_param_dtype_is_applied_on_load(tmp_path):
+  _save_random_model(FAMILIES["llama"](), tmp_path)
+  model = ftjax.load(str(tmp_path), tokenizer=False, dtype="bfloat16", param_dtype="bfloat16")
+  import jax
+  assert {x.dtype for x in jax.tree.leaves(model.params)} == {jnp.dtype("bfloat16")}
+  logits = forward(model.config, model.params, jnp.asarray([[1, 2, 3]]))
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())

@@ -77,11 +77,11 @@ def convert_state(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray], ava
   if missing:
     shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
     raise CheckpointError(f"{source}: checkpoint is missing {len(missing)} tensor(s): {shown}")
-  dtype = np.dtype(param_dtype or cfg.param_dtype) if param_dtype or cfg.param_dtype else None
+  import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+  dtype = np.dtype(param_dtype or cfg.param_dtype)
 
   def fetch(name):
-    w = np.asarray(get_tensor(name))
-    return w.astype(dtype) if dtype is not None else w
+    return np.asarray(get_tensor(name)).astype(dtype, copy=False)
 
   params: dict = {}
   params["embedding"] = fetch("model.embed_tokens.weight")
@@ -92,10 +92,6 @@ def convert_state(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray], ava
     stacked = np.stack([fn(fetch(f"model.layers.{i}.{hf_name}")) for i in range(cfg.num_layers)])
     _set(params, "layers/" + path, stacked)
   return params
-
-
-def _dtype_name(dtype) -> str:
-  return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
 
 
 def read_hf_config(folder: Path) -> dict:
