@@ -203,30 +203,32 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   eval_step = jax.jit(fns.eval_step, in_shardings=(state_shardings, frozen_shardings, batch_sh),
                       out_shardings=replicated(mesh))
 
+  writer = MetricWriter(workdir, enabled=is_main)
+  history, eval_history = [], []
   # Every host must run the same number of eval steps, though their shards may differ in size.
-  num_eval_batches = len(data.eval_batches())
+  eval_batches = data.eval_batches()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    num_eval_batches = int(np.max(multihost_utils.process_allgather(np.int32(num_eval_batches))))
-  eval_batches = data.eval_batches(min_batches=num_eval_batches)
+    most = int(np.max(multihost_utils.process_allgather(np.int32(len(eval_batches)))))
+    eval_batches = data.eval_batches(min_batches=most)
 
-  def evaluate(current_state):
-    batches = eval_batches
-    if not batches:
-      return None
+  def evaluate(current_state, step):
+    """Held-out loss and perplexity, appended to eval_history and written out."""
+    if not eval_batches or (eval_history and eval_history[-1]["step"] == step):
+      return
     loss_sum, tokens = 0.0, 0.0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      for batch in batches:
+      for batch in eval_batches:
         s, n = eval_step(current_state, frozen, shard_batch(batch, mesh))
         loss_sum, tokens = loss_sum + float(s), tokens + float(n)
     loss = loss_sum / max(tokens, 1.0)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-            "eval_tokens": tokens}
+    eval_metrics = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+                    "eval_tokens": tokens}
+    eval_history.append({"step": step, **eval_metrics})
+    writer.write(step, eval_metrics, echo=True)
 
-  writer = MetricWriter(workdir, enabled=is_main)
   flops = flops_per_token(model_cfg, config.seq_len, lora=config.lora.enabled)
   peak = config.peak_tflops_per_device * 1e12 or peak_flops_per_device()
-  history, eval_history = [], []
   preemption = _Preemption()
   iterator = data.train_iterator(data_state)
   # A live bar on a terminal; logs and metrics.jsonl carry the same numbers otherwise.
@@ -254,10 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
                            mfu=f"{100 * metrics['mfu']:.1f}%" if "mfu" in metrics else "n/a")
       writer.write(step, metrics, echo=step % config.log_every_steps == 0 or step == 1)
       if config.eval_every_steps and step % config.eval_every_steps == 0:
-        eval_metrics = evaluate(state)
-        if eval_metrics:
-          eval_history.append({"step": step, **eval_metrics})
-          writer.write(step, eval_metrics, echo=True)
+        evaluate(state, step)
       checkpointer.save(step, state, data_state)
       if preemption.requested:
         checkpointer.save(step, state, data_state, force=True)
@@ -265,13 +264,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
           print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
         break
     else:
-      if not eval_history or eval_history[-1]["step"] != step:
-        eval_metrics = evaluate(state)
-        if eval_metrics:
-          eval_history.append({"step": step, **eval_metrics})
-          writer.write(step, eval_metrics, echo=True)
-      if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, data_state, force=True)
+      evaluate(state, step)
+      checkpointer.save(step, state, data_state, force=True)
   finally:
     progress.close()
     checkpointer.wait()

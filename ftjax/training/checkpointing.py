@@ -24,8 +24,8 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
-    """Saves (asynchronously) every `every_steps` steps, or now if `force`."""
-    if not force and step % self.every_steps:
+    """Saves (asynchronously) every `every_steps` steps, or now if `force`; once per step."""
+    if (not force and step % self.every_steps) or step == self.manager.latest_step():
       return False
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
