@@ -79,7 +79,7 @@ def with_lora(cfg: ModelConfig, *, rank: int, alpha: float, dropout: float) -> M
 
 def merge(cfg: ModelConfig, params, adapters) -> dict:
   """Params with adapters folded into the kernels (for export or adapter-free inference)."""
-  merged = jax.tree.map(lambda x: x, params)
+  merged = jax.tree.map(lambda x: x, params)  # a new tree; params are left untouched
   for group, modules in adapters["layers"].items():
     for target, ab in modules.items():
       kernel = params["layers"][group][target]["kernel"]

@@ -342,3 +342,17 @@ def test_remat_gives_the_same_losses_and_bf16_keeps_fp32_master_weights(tiny_lla
   losses = [h["loss"] for h in bf16.history]
   assert losses[-1] < losses[0]
   np.testing.assert_allclose(losses[0], plain.history[0]["loss"], rtol=2e-2)
+
+
+def test_lora_merge_equals_adapted_forward(tiny):
+  adapters = lora_lib.init_lora(tiny.params, rank=4, targets=lora_lib.ALL_TARGETS,
+                                rng=jax.random.PRNGKey(2))
+  # Non-zero b, as after training.
+  adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                          adapters)
+  cfg = lora_lib.with_lora(tiny.config, rank=4, alpha=8.0, dropout=0.0)
+  tokens = jnp.asarray([[5, 6, 7, 8, 9, 10]])
+  adapted = forward(cfg, tiny.params, tokens, lora=adapters)
+  merged = forward(tiny.config, lora_lib.merge(cfg, tiny.params, adapters), tokens)
+  assert float(jnp.abs(adapted - forward(tiny.config, tiny.params, tokens)).max()) > 1e-3
+  np.testing.assert_allclose(np.asarray(merged), np.asarray(adapted), atol=1e-4)
