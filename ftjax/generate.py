@@ -194,7 +194,12 @@ def generate(model, prompts: Sequence[Prompt], sampling: SamplingConfig | None =
   message lists; with `chat=False`, raw text continued as-is. `lora`: adapters from `ftjax.lora`.
   """
   sampling = sampling or SamplingConfig()
-  cfg, params, tokenizer = model
+  cfg, params, tokenizer = model.config, model.params, model.tokenizer
+  adapters = getattr(model, "adapters", None)
+  if adapters is not None:
+    if lora is not None:
+      raise ValueError("the model carries adapters already; do not pass lora= as well")
+    cfg, lora = adapters.model_config(cfg), adapters.params
   prompt_ids = encode_prompts(tokenizer, prompts, chat=chat, system_prompt=system_prompt)
   eos = eos_token_ids(cfg, tokenizer)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

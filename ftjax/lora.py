@@ -8,8 +8,9 @@ The adapter tree mirrors the params tree under `layers` (stacked over layers lik
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,39 @@ TARGETS = {
 }
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_TARGETS = tuple(TARGETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """The hyper-parameters that travel with a set of adapters: the scale is alpha / rank."""
+  rank: int
+  alpha: float
+  dropout: float = 0.0
+  targets: tuple[str, ...] = ATTENTION_TARGETS
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def to_json(self) -> dict:
+    return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+            "targets": list(self.targets)}
+
+  @classmethod
+  def from_json(cls, obj: dict) -> "LoraSpec":
+    return cls(rank=int(obj["rank"]), alpha=float(obj["alpha"]),
+               dropout=float(obj.get("dropout", 0.0)), targets=tuple(obj["targets"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+  """Trained adapters with their hyper-parameters, so nothing applies them at a default scale."""
+  spec: LoraSpec
+  params: Any  # the adapter pytree (see the module docstring)
+
+  def model_config(self, cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with this spec's scale (inference: no dropout)."""
+    return cfg.replace(lora_scale=self.spec.scale, lora_dropout=0.0)
 
 
 def validate_targets(targets: Sequence[str]) -> tuple[str, ...]:

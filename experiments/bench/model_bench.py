@@ -54,7 +54,7 @@ def main():
   args = parser.parse_args()
 
   model = ftjax.load(args.model)
-  cfg, params, tokenizer = model
+  cfg, params, tokenizer = model.config, model.params, model.tokenizer
   from transformers import AutoModelForCausalLM
   hf = AutoModelForCausalLM.from_pretrained(str(resolve(args.model)), dtype=torch.float32)
   hf.eval()

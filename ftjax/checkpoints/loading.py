@@ -14,9 +14,12 @@ from ftjax.models.config import ModelConfig, from_hf_config
 
 
 class Pretrained(NamedTuple):
+  """A loaded model. `adapters` (a `ftjax.lora.Adapters`, or None) are applied by everything
+  that takes a model (generation, RAG, evaluation) at their own scale; `config` is the base's."""
   config: ModelConfig
   params: Any
   tokenizer: Any
+  adapters: Any = None
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
