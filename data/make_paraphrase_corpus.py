@@ -1,16 +1,16 @@
-"""Writes the synthetic paraphrase corpus (see `ftjax.retrieval.synthetic`) as JSONL.
+"""Writes the synthetic paraphrase corpus (see `ftjax.data.synthetic`) as JSONL.
 
   python data/make_paraphrase_corpus.py --num_docs 1000 --out_dir data/paraphrase
 
 gives `docs.jsonl` ({"id", "title", "text"}) and `qa.jsonl` ({"question", "answer", "doc_id"}),
-ready for `RetrievalIndex.add(read_jsonl(...))` and `python -m ftjax.retrieval.raft`.
+ready for `RetrievalIndex.add(read_jsonl(...))` and `python -m ftjax.data.raft`.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from ftjax.retrieval.synthetic import make_corpus
+from ftjax.data.synthetic import make_corpus
 
 
 def main(argv=None):

@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   c.remat_policy = "none"  # none | full | dots | dots_no_batch
   c.seed = 0
+  # A finished run's workdir whose trained params (or LoRA adapters) start this run, with a fresh
+  # optimizer at step 0; same model and LoRA rank/alpha/targets. Empty: start from `model`.
+  c.init_from = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.train = "data/samples/customer_service.jsonl"  # path, or "tfds:NAME[:split]"

@@ -1,34 +1,29 @@
-"""The main job on the embedded default model (`make demo`).
+"""The main job on the embedded default (`make demo`): the support-domain comparison.
 
-Today: load SmolLM2-135M-Instruct through ftjax and answer a few customer-service questions on
-CPU, greedy. When the comparison experiment lands this becomes base / RAG / fine-tuned side by side.
+Runs configs/experiments/support.py on SmolLM2-135M-Instruct and MiniLM into `runs/demo`
+(or the folder given as the first argument), then prints the comparison table and where the
+report is. A second run reuses every cached stage and only rebuilds the report.
 """
 
+import sys
 import time
+from pathlib import Path
 
-import ftjax
-from ftjax.generate import SamplingConfig, generate
-
-PROMPTS = [
-    "My ordered product doesn't work, what should I do?",
-    "How do I reset my password?",
-    "Can I return a gift without the receipt?",
-    "What is the capital of France?",
-]
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def main():
-  start = time.perf_counter()
-  model = ftjax.load("smollm2-135m-instruct")
-  loaded = time.perf_counter()
-  completions = generate(model, PROMPTS, SamplingConfig(max_new_tokens=96))
-  done = time.perf_counter()
-  for prompt, completion in zip(PROMPTS, completions):
-    print(f"\n### {prompt}\n{completion.text.strip()}")
-  new_tokens = sum(len(c.token_ids) for c in completions)
-  print(f"\nmodel: smollm2-135m-instruct ({model.config.num_layers} layers, fp32, CPU); "
-        f"load {loaded - start:.1f}s; {new_tokens} new tokens in {done - loaded:.1f}s "
-        f"(including compilation)")
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  workdir = Path(argv[0] if argv else ROOT / "runs" / "demo")
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  from ftjax.experiment import report, run
+  from ftjax.experiment.config import load_config_file
+  config = load_config_file(str(ROOT / "configs" / "experiments" / "support.py"))
+  started = time.perf_counter()
+  summary = run(config, workdir)
+  report.print_summary(workdir, summary)
+  print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

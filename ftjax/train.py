@@ -2,9 +2,10 @@
 
   python -m ftjax.train --config configs/smollm2_lora.py --workdir runs/lora [--config.key=value]
 
-Reads top to bottom: config -> mesh -> model -> data -> state (init or restore) -> jit step ->
-loop (log, eval, checkpoint). `run(config, workdir)` is the same thing as a function, for the
-experiment runner.
+Reads top to bottom: config -> mesh -> model -> data -> state (`ftjax.training.state`: restore,
+or init, seeded from `init_from` if set) -> jit step -> loop (log, eval, checkpoint).
+`run(config, workdir)` is the same thing as a function, for the experiment runner. The workdir's
+model.json says what was trained, so `ftjax.load(workdir)` returns the trained model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -31,12 +31,11 @@ import tqdm
 from ftjax import lora as lora_lib
 from ftjax.checkpoints import load
 from ftjax.config import ConfigError, validate
-from ftjax.models.transformer import logical_param_specs
-from ftjax.sharding import (DEFAULT_RULES, batch_sharding, logical_to_shardings, make_mesh,
-                            replicated, shard_batch)
-from ftjax.training.checkpointing import Checkpointer, abstract_like
+from ftjax.sharding import batch_sharding, replicated, shard_batch
+from ftjax.training.checkpointing import Checkpointer
 from ftjax.training.metrics import MetricWriter, flops_per_token, peak_flops_per_device
-from ftjax.training.step import make_optimizer, make_step_fns
+from ftjax.training.state import TrainState, make_train_mesh, restore_or_init, run_model
+from ftjax.training.step import make_step_fns
 
 
 @dataclasses.dataclass
@@ -48,6 +47,7 @@ class TrainResult:
   model_config: Any
   params: Any  # trainable params after training: the full tree, or the LoRA adapters
   base_params: Any  # the frozen base for LoRA runs (None for full fine-tuning)
+  adapters: lora_lib.Adapters | None  # LoRA runs: `params` with their spec (rank, alpha, ...)
   trainable_params: int
   total_params: int
   preempted: bool = False
@@ -77,13 +77,6 @@ def _git_commit() -> str:
   return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
-def _put(tree, shardings):
-  """Host numpy pytree -> global jax arrays laid out by `shardings` (works across processes)."""
-  return jax.tree.map(
-      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: np.asarray(x)[index]),
-      tree, shardings)
-
-
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks, so the state is saved before exiting."""
 
@@ -103,104 +96,38 @@ class _Preemption:
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   """Trains as configured; resumes automatically from the latest checkpoint in `workdir`."""
-  from ftjax.data import build_sft_data  # TF import is slow: only when training
-
   validate(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
 
-  mesh_shape = {k: v for k, v in config.mesh.items() if k != "num_devices"}
-  devices = jax.devices()[:config.mesh.num_devices or None]
-  mesh = make_mesh(mesh_shape, devices)
-  rules = tuple(tuple(r) for r in config.logical_axis_rules) + DEFAULT_RULES
-  micro_batch = config.batch_size // config.grad_accum_steps
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if micro_batch % batch_shards:
-    raise ConfigError(f"micro-batch of {micro_batch} rows (batch_size / grad_accum_steps) is not "
-                      f"divisible by the data x fsdp mesh size {batch_shards}")
-  if config.batch_size % jax.process_count():
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
-                      f"{jax.process_count()} processes")
-
+  mesh, rules = make_train_mesh(config)
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy)
-  model_cfg = base.config
-  if config.lora.enabled:
-    model_cfg = lora_lib.with_lora(model_cfg, rank=config.lora.rank, alpha=config.lora.alpha,
-                                   dropout=config.lora.dropout)
-
-  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-  data_cfg.data_dir = config.data.data_dir or str(workdir / "tfds")
-  if data_cfg.eval:  # an explicit eval file replaces the carved-out fraction
-    data_cfg.eval_fraction = 0.0
-  data = build_sft_data(data_cfg, base.tokenizer, seq_len=config.seq_len,
-                        batch_size=config.batch_size, seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count())
-  if is_main:
-    print(data.report.summary(), flush=True)
-    data.report.write_json(workdir / "data_report.json")
-
-  # Shardings from the model's logical axis names.
-  param_shardings = logical_to_shardings(logical_param_specs(model_cfg), base.params, mesh, rules)
-  params = _put(base.params, param_shardings)
-  rng = jax.random.PRNGKey(config.seed)
-  if config.lora.enabled:
-    init_rng, rng = jax.random.split(rng)
-    adapters = lora_lib.init_lora(base.params, rank=config.lora.rank,
-                                  targets=config.lora.targets, rng=init_rng)
-    trainable_shardings = logical_to_shardings(lora_lib.logical_specs(adapters), adapters, mesh,
-                                               rules)
-    trainable = _put(jax.device_get(adapters), trainable_shardings)
-    frozen, frozen_shardings = params, param_shardings
-  else:
-    trainable, trainable_shardings = params, param_shardings
-    frozen, frozen_shardings = None, None
-  num_trainable = lora_lib.count_params(trainable)
-  num_total = lora_lib.count_params(base.params)
-
-  optimizer, schedule = make_optimizer(config.optimizer, config.num_steps)
-  abstract_opt = jax.eval_shape(optimizer.init, trainable)
-  opt_shardings = _optimizer_shardings(optimizer, abstract_opt, trainable_shardings, mesh)
-  state_shardings = {"step": replicated(mesh), "params": trainable_shardings,
-                     "opt_state": opt_shardings, "rng": replicated(mesh)}
-  state = {
-      "step": jnp.zeros((), jnp.int32),
-      "params": trainable,
-      "opt_state": jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable),
-      "rng": rng,
-  }
-  state = jax.device_put(state, state_shardings)
-
+  if base.adapters is not None:
+    raise ConfigError(f"config key model: {config.model} is a LoRA run; to continue training its "
+                      "adapters, set init_from to it and model to its base")
+  data = _make_data(config, workdir, base.tokenizer, is_main)
   checkpointer = Checkpointer(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
                               keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-  data_state = None
-  start_step = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state, data_state = checkpointer.restore(latest, abstract_like(state, state_shardings))
-    start_step = int(state["step"])
-    if is_main:
-      print(f"resumed from {workdir / 'checkpoints'} at step {start_step}", flush=True)
-
+  train = restore_or_init(config, base, mesh, rules, checkpointer, workdir)
+  del base  # its params live on the mesh now: host copies would only hold memory
   if is_main:
-    run_info = {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
-                "mesh": dict(mesh.shape), "devices": [str(d) for d in jax.devices()],
-                "process_count": jax.process_count(), "trainable_params": num_trainable,
-                "total_params": num_total, "model_config": dataclasses.asdict(model_cfg),
-                "train_examples": data.num_train_examples, "resumed_at_step": start_step}
-    (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2, default=str))
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    print(f"trainable params: {num_trainable:,} of {num_total:,} "
-          f"({100 * num_trainable / num_total:.2f}%)", flush=True)
+    if train.start_step:
+      print(f"resumed from {workdir / 'checkpoints'} at step {train.start_step}", flush=True)
+    elif train.init_from_step is not None:
+      print(f"initialised from {config.init_from} at its step {train.init_from_step}", flush=True)
+    _write_run_record(config, workdir, mesh, train, data)
 
-  fns = make_step_fns(model_cfg, optimizer, accum_steps=config.grad_accum_steps,
-                      lora=config.lora.enabled, mesh=mesh)
+  model_cfg, state, frozen = train.model_config, train.state, train.frozen
+  fns = make_step_fns(model_cfg, train.optimizer, accum_steps=config.grad_accum_steps,
+                      lora=train.lora is not None, mesh=mesh)
   batch_sh = batch_sharding(mesh)
   train_step = jax.jit(fns.train_step,
-                       in_shardings=(state_shardings, frozen_shardings, batch_sh),
-                       out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
-  eval_step = jax.jit(fns.eval_step, in_shardings=(state_shardings, frozen_shardings, batch_sh),
+                       in_shardings=(train.shardings, train.frozen_shardings, batch_sh),
+                       out_shardings=(train.shardings, replicated(mesh)), donate_argnums=(0,))
+  eval_step = jax.jit(fns.eval_step,
+                      in_shardings=(train.shardings, train.frozen_shardings, batch_sh),
                       out_shardings=replicated(mesh))
 
   writer = MetricWriter(workdir, enabled=is_main)
@@ -227,14 +154,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     eval_history.append({"step": step, **eval_metrics})
     writer.write(step, eval_metrics, echo=True)
 
-  flops = flops_per_token(model_cfg, config.seq_len, lora=config.lora.enabled)
+  flops = flops_per_token(model_cfg, config.seq_len, lora=train.lora is not None)
   peak = config.peak_tflops_per_device * 1e12 or peak_flops_per_device()
   preemption = _Preemption()
-  iterator = data.train_iterator(data_state)
+  iterator = data.train_iterator(train.data_state)
   # A live bar on a terminal; logs and metrics.jsonl carry the same numbers otherwise.
-  progress = tqdm.tqdm(total=config.num_steps, initial=start_step, dynamic_ncols=True,
+  progress = tqdm.tqdm(total=config.num_steps, initial=train.start_step, dynamic_ncols=True,
                        disable=not (is_main and sys.stderr.isatty()))
-  step = start_step
+  step = train.start_step
   try:
     while step < config.num_steps:
       batch, data_state = next(iterator)
@@ -245,8 +172,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
       seconds = time.perf_counter() - started
       step += 1
       tokens = float(np.sum(batch["segment_ids"] != 0)) * jax.process_count()
-      metrics.update(step=step, learning_rate=float(schedule(step - 1)), step_seconds=seconds,
-                     tokens_per_second=tokens / seconds, epoch=data.epoch(data_state))
+      metrics.update(step=step, learning_rate=float(train.schedule(step - 1)),
+                     step_seconds=seconds, tokens_per_second=tokens / seconds,
+                     epoch=data.epoch(data_state))
       if peak:
         metrics["mfu"] = flops * metrics["tokens_per_second"] / (peak * jax.device_count())
       history.append(metrics)
@@ -273,18 +201,45 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     writer.close()
     preemption.restore()
 
+  adapters = None if train.lora is None else lora_lib.Adapters(train.lora, state["params"])
   return TrainResult(workdir=workdir, step=step, history=history, eval_history=eval_history,
                      model_config=model_cfg, params=state["params"], base_params=frozen,
-                     trainable_params=num_trainable, total_params=num_total,
-                     preempted=preemption.requested)
+                     adapters=adapters, trainable_params=train.num_trainable,
+                     total_params=train.num_total, preempted=preemption.requested)
 
 
-def _optimizer_shardings(optimizer, abstract_opt, param_shardings, mesh):
-  """Optimizer moments take their parameter's sharding; counters etc. are replicated."""
-  import optax
-  rep = replicated(mesh)
-  return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt,
-                               param_shardings, transform_non_params=lambda _: rep)
+def _make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_main: bool):
+  """Tokenised, packed train and eval batches for this process (TFDS files under the workdir
+  unless data.data_dir says otherwise)."""
+  from ftjax.data import build_sft_data  # TF import is slow: only when training
+  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  data_cfg.data_dir = config.data.data_dir or str(workdir / "tfds")
+  if data_cfg.eval:  # an explicit eval file replaces the carved-out fraction
+    data_cfg.eval_fraction = 0.0
+  data = build_sft_data(data_cfg, tokenizer, seq_len=config.seq_len,
+                        batch_size=config.batch_size, seed=config.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+  if is_main:
+    print(data.report.summary(), flush=True)
+    data.report.write_json(workdir / "data_report.json")
+  return data
+
+
+def _write_run_record(config: ml_collections.ConfigDict, workdir: Path, mesh, train: TrainState,
+                      data):
+  """model.json (what `ftjax.load(workdir)` needs), run_info.json and config.json."""
+  run_model(config).write(workdir)
+  run_info = {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
+              "mesh": dict(mesh.shape), "devices": [str(d) for d in jax.devices()],
+              "process_count": jax.process_count(), "trainable_params": train.num_trainable,
+              "total_params": train.num_total,
+              "model_config": dataclasses.asdict(train.model_config),
+              "train_examples": data.num_train_examples, "resumed_at_step": train.start_step,
+              "init_from_step": train.init_from_step}
+  (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2, default=str))
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  print(f"trainable params: {train.num_trainable:,} of {train.num_total:,} "
+        f"({100 * train.num_trainable / train.num_total:.2f}%)", flush=True)
 
 
 def _user_errors():

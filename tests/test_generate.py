@@ -169,10 +169,29 @@ def test_generate_cli(smollm2):
   [api] = generate(smollm2, ["What is the capital of France?"], SamplingConfig(max_new_tokens=12))
   result = subprocess.run(
       [sys.executable, "-m", "ftjax.generate", "--model", "smollm2-135m-instruct",
-       "--prompt", "What is the capital of France?", "--max_new_tokens", "12", "--greedy"],
+       "--prompt", "What is the capital of France?", "--max_new_tokens", "12"],
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == api.text.strip()
+
+
+def test_cli_defaults_are_the_sampling_config_defaults():
+  from ftjax.generate import build_parser, sampling_from_args
+  parse = lambda *argv: sampling_from_args(build_parser().parse_args(["--prompt", "x", *argv]))
+  assert parse() == SamplingConfig()
+  assert parse("--greedy") == SamplingConfig(greedy=True)
+  assert parse("--sample") == SamplingConfig(greedy=False)
+  assert (parse("--sample", "--temperature", "0.7", "--top_p", "0.9", "--max_new_tokens", "128")
+          == SamplingConfig(greedy=False, temperature=0.7, top_p=0.9, max_new_tokens=128))
+  with pytest.raises(SystemExit):
+    parse("--greedy", "--sample")
+
+
+def test_generate_cli_matches_the_api(tiny_llama_folder, capsys):
+  from ftjax.generate import main
+  [api] = generate(ftjax.load(str(tiny_llama_folder)), ["Hello there"])
+  assert main(["--model", str(tiny_llama_folder), "--prompt", "Hello there"]) == 0
+  assert capsys.readouterr().out == api.text + "\n"
 
 
 def test_generate_cli_reports_bad_model(tmp_path):

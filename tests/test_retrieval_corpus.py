@@ -7,7 +7,7 @@ import pytest
 
 from ftjax.retrieval import corpus as corpus_lib
 from ftjax.retrieval.corpus import CorpusError, Document, chunk_documents
-from ftjax.retrieval.synthetic import make_corpus
+from ftjax.data.synthetic import make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from ftjax.retrieval import dense, metrics
 from ftjax.retrieval.corpus import Document
 from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, IndexConfig,
                                    QueryTruncatedWarning, RetrievalIndex, RetrievalIndexError)
-from ftjax.retrieval.synthetic import make_corpus
+from ftjax.data.synthetic import make_corpus
 
 NUM_DOCS = 300
 

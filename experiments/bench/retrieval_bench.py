@@ -3,7 +3,7 @@
   python experiments/bench/retrieval_bench.py --num_docs 100000 \
       --out experiments/bench/results/retrieval.json
 
-Steps, each timed once on the synthetic paraphrase corpus (`ftjax.retrieval.synthetic`):
+Steps, each timed once on the synthetic paraphrase corpus (`ftjax.data.synthetic`):
   BM25 index    `RetrievalIndex(dense=False).add`: chunking, bm25s term ids, write; then the
                 bm25s weights (built on the first search)
   full index    the same with MiniLM embeddings of every chunk (jit-compiled Flax encoder); a
@@ -93,7 +93,7 @@ def main(argv=None):
   from ftjax.retrieval import dense, metrics
   from ftjax.retrieval.corpus import Document
   from ftjax.retrieval.index import IndexConfig, RetrievalIndex
-  from ftjax.retrieval.synthetic import make_corpus
+  from ftjax.data.synthetic import make_corpus
 
   record = {"machine": machine(), "versions": versions(), "devices": str(jax.devices()),
             "args": vars(args), "results": {}}

@@ -1,15 +1,25 @@
-"""`load(name_or_path)` -> Pretrained(config, params, tokenizer): the entry point for every tool."""
+"""`load(name_or_path)` -> Pretrained(config, params, tokenizer, adapters): the entry point for
+every tool.
+
+`name_or_path` names a model (registered name, folder, .gguf file, hub id) or a training workdir
+(`ftjax.train`): then the base model recorded in its model.json, with the trainable params of its
+latest finished checkpoint (the full tree, or LoRA adapters with their spec).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ftjax.checkpoints.hf_import import CheckpointError, load_params, read_hf_config
-from ftjax.checkpoints.registry import resolve
+from ftjax.checkpoints.registry import RUN_MODEL_FILE, is_workdir, resolve
+from ftjax.lora import Adapters, LoraSpec
 from ftjax.models.config import ModelConfig, from_hf_config
 
 
@@ -22,8 +32,64 @@ class Pretrained(NamedTuple):
   adapters: Any = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RunModel:
+  """What a training run trains, written to WORKDIR/model.json at its start so that loading the
+  run never guesses: the base model, the LoRA spec (None: full fine-tuning) and the dtypes."""
+  base_model: str
+  lora: LoraSpec | None
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @property
+  def method(self) -> str:
+    return "full" if self.lora is None else "lora"
+
+  def to_json(self) -> dict:
+    return {"base_model": self.base_model, "method": self.method,
+            "lora": None if self.lora is None else self.lora.to_json(),
+            "dtype": self.dtype, "param_dtype": self.param_dtype}
+
+  @classmethod
+  def from_json(cls, obj: dict) -> "RunModel":
+    if obj["method"] not in ("lora", "full"):
+      raise ValueError(f"method {obj['method']!r} is not lora or full")
+    lora = LoraSpec.from_json(obj["lora"]) if obj["method"] == "lora" else None
+    return cls(str(obj["base_model"]), lora, str(obj["dtype"]), str(obj["param_dtype"]))
+
+  def write(self, workdir: str | os.PathLike):
+    path = Path(workdir) / RUN_MODEL_FILE
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+    staged.replace(path)
+
+  @classmethod
+  def read(cls, workdir: str | os.PathLike) -> "RunModel":
+    path = Path(workdir) / RUN_MODEL_FILE
+    if not path.is_file():
+      raise CheckpointError(f"{workdir}: no {RUN_MODEL_FILE}, so what the run trained is unknown "
+                            "(not a training workdir, or one from before ftjax wrote it)")
+    try:
+      return cls.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+      raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+
+
+def latest_trained_step(workdir: str | os.PathLike) -> int:
+  """The step of a run's latest finished checkpoint; CheckpointError if it has none."""
+  from ftjax.training.checkpointing import latest_step  # Orbax: only for workdirs
+  directory = Path(workdir) / "checkpoints"
+  step = latest_step(directory)
+  if step is None:
+    raise CheckpointError(f"{workdir}: no finished checkpoint in {directory} "
+                          "(the run has not saved one yet)")
+  return step
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
-  """The tokenizer (with chat template) that ships beside the weights."""
+  """The tokenizer (with chat template) that ships beside the weights (a run's: its base's)."""
+  if is_workdir(name_or_path):
+    return load_tokenizer(RunModel.read(name_or_path).base_model)
   from transformers import AutoTokenizer
   folder = resolve(name_or_path)
   try:
@@ -35,18 +101,70 @@ def load_tokenizer(name_or_path: str | os.PathLike):
   return tokenizer
 
 
-def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: str = "float32",
-         param_dtype: str = "float32", allow_pickle: bool = False, tokenizer: bool = True,
-         device_put: bool = True, **config_overrides) -> Pretrained:
-  """Loads a pretrained decoder by registered name, local folder / .gguf file, or hub id.
+def _model_config(name_or_path, **config_args) -> ModelConfig:
+  """The ModelConfig alone (a run's is its base's: training never changes the architecture)."""
+  if is_workdir(name_or_path):
+    return _model_config(RunModel.read(name_or_path).base_model, **config_args)
+  return from_hf_config(read_hf_config(resolve(name_or_path)), **config_args)
 
-  `dtype` is the compute dtype (e.g. "bfloat16"); `param_dtype` the storage dtype of params.
-  Returns params as a plain pytree of jax arrays (numpy if `device_put=False`).
+
+def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: str | None = None,
+         param_dtype: str | None = None, allow_pickle: bool = False, tokenizer: bool = True,
+         device_put: bool = True, **config_overrides) -> Pretrained:
+  """Loads a pretrained decoder by registered name, local folder / .gguf file, or hub id, or
+  the trained model of a training workdir.
+
+  `dtype` is the compute dtype (e.g. "bfloat16"); `param_dtype` the storage dtype of params
+  (default float32, or for a workdir the run's). Returns params as a plain pytree of jax arrays
+  (numpy if `device_put=False`).
   """
+  if is_workdir(name_or_path):
+    return _load_run(Path(name_or_path).expanduser(), dtype=dtype, param_dtype=param_dtype,
+                     allow_pickle=allow_pickle, tokenizer=tokenizer, device_put=device_put,
+                     **config_overrides)
   folder = resolve(name_or_path)
-  cfg = from_hf_config(read_hf_config(folder), dtype=dtype, param_dtype=param_dtype,
-                       **config_overrides)
+  cfg = from_hf_config(read_hf_config(folder), dtype=dtype or "float32",
+                       param_dtype=param_dtype or "float32", **config_overrides)
   cfg, params = load_params(folder, cfg, allow_pickle=allow_pickle)
   if device_put:
     params = jax.tree.map(jnp.asarray, params)
   return Pretrained(cfg, params, load_tokenizer(folder) if tokenizer else None)
+
+
+def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, device_put,
+              **config_overrides) -> Pretrained:
+  """A run's base plus the trainable params of its latest finished checkpoint (on one device;
+  the optimizer state is not read)."""
+  from ftjax.training.checkpointing import restore_params
+  run = RunModel.read(workdir)
+  step = latest_trained_step(workdir)
+  dtype, param_dtype = dtype or run.dtype, param_dtype or run.param_dtype
+  if run.lora is None:  # the checkpoint holds every param: the base's weights are not read
+    cfg = _model_config(run.base_model, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    params = restore_params(workdir / "checkpoints", step, dtype=jnp.dtype(param_dtype))
+    adapters = None
+  else:
+    base = load(run.base_model, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle,
+                tokenizer=False, device_put=False, **config_overrides)
+    cfg, params = base.config, base.params
+    adapters = Adapters(run.lora, restore_params(workdir / "checkpoints", step))
+    _check_adapters(workdir, adapters)
+  if device_put:
+    params = jax.tree.map(jnp.asarray, params)
+  else:
+    params = jax.device_get(params)
+    if adapters is not None:
+      adapters = dataclasses.replace(adapters, params=jax.device_get(adapters.params))
+  return Pretrained(cfg, params, load_tokenizer(run.base_model) if tokenizer else None, adapters)
+
+
+def _check_adapters(workdir: Path, adapters: Adapters):
+  """The saved adapters have the rank and targets that model.json records."""
+  targets = {t for group in adapters.params["layers"].values() for t in group}
+  ranks = {ab["a"].shape[-1] for group in adapters.params["layers"].values()
+           for ab in group.values()}
+  if targets != set(adapters.spec.targets) or ranks != {adapters.spec.rank}:
+    raise CheckpointError(
+        f"{workdir}: the checkpoint's adapters (targets {sorted(targets)}, rank {sorted(ranks)}) "
+        f"do not match {RUN_MODEL_FILE} (targets {list(adapters.spec.targets)}, "
+        f"rank {adapters.spec.rank})")

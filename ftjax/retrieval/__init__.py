@@ -1,14 +1,17 @@
-"""Retrieval: corpus ingestion, BM25 / dense / hybrid search over an updatable index, RAG, RAFT.
+"""Retrieval, search only: corpus ingestion, BM25 / dense / hybrid search over an updatable index,
+retrieval metrics. RAG lives in `ftjax.arms.rag`, RAFT data in `ftjax.data.raft`, and the BERT
+encoder in `ftjax.models.bert`.
 
   index = RetrievalIndex.create("runs/index")          # or RetrievalIndex.open(...)
   index.add(read_jsonl("docs.jsonl"))                  # replace(...), delete([...]) later
   hits = index.search(["who designed ...?"], k=5, method="hybrid")
-  answers = rag.answer(questions, functools.partial(index.search, method="hybrid"), model)
 """
 
+# The encoder lives in ftjax.models.bert; Encoder and load_encoder stay importable from here.
+from ftjax.models.bert import Encoder, load_encoder
 from ftjax.retrieval.corpus import (Chunk, Corpus, CorpusError, Document, QAPair, chunk_documents,
                                     from_records, load_corpus, read_folder, read_jsonl, read_tfds)
-from ftjax.retrieval.dense import Encoder, InputTooLongError, encode, load_encoder
+from ftjax.retrieval.dense import InputTooLongError, encode
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
 from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, IndexConfig, Passage,
                                    QueryTruncatedWarning, RetrievalIndex, RetrievalIndexError,

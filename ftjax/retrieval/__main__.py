@@ -5,17 +5,38 @@
   python -m ftjax.retrieval replace runs/index changed.jsonl
   python -m ftjax.retrieval delete runs/index DOC_ID ...
   python -m ftjax.retrieval search runs/index "who designed the bridge?" --k 5 --method hybrid
+  python -m ftjax.retrieval search runs/index --queries questions.txt --json  # or a .jsonl
+  python -m ftjax.retrieval evaluate runs/index --qa qa.jsonl --k 1,5,10 --method all
+
+`search --json` writes one object per query: {"query", "hits": [{"rank", "doc_id", "chunk_id",
+"score", "text"}]}, plus "note" when fewer than k passages matched. `evaluate` reads
+{"question" or "input", "doc_id"} rows and reports recall@k and MRR over distinct documents.
+User errors (missing index or file, bad row, empty query, k < 1) print one `error:` line and
+exit with status 2.
 """
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
+from ftjax.retrieval import metrics
 from ftjax.retrieval.corpus import CorpusError, load_corpus
-from ftjax.retrieval.index import (METHODS, IndexConfig, RetrievalIndex,
+from ftjax.retrieval.dense import InputTooLongError
+from ftjax.retrieval.index import (METHODS, EmptyQueryError, IndexConfig, RetrievalIndex,
                                    RetrievalIndexError)
+
+QUERY_KEYS = ("input", "question", "query")
+QUESTION_KEYS = ("input", "question")
+
+
+class UsageError(ValueError):
+  """A bad argument or input file; reported as one `error:` line."""
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="Build, update and query a retrieval index.")
+  parser = argparse.ArgumentParser(description="Build, update, query and evaluate a retrieval "
+                                               "index.")
   commands = parser.add_subparsers(dest="command", required=True)
 
   def command(name, help_text):
@@ -31,24 +52,43 @@ def main(argv=None):
     command(name, f"{name} documents").add_argument("source", help=".jsonl, folder or tfds:NAME")
   command("delete", "delete documents by id").add_argument("doc_ids", nargs="+")
   search = command("search", "print the top passages for each query")
-  search.add_argument("queries", nargs="+")
+  search.add_argument("queries", nargs="*", help="query texts (or use --queries)")
+  search.add_argument("--queries", dest="queries_file", metavar="FILE",
+                      help="one query per line, or .jsonl rows with " + "/".join(QUERY_KEYS))
   search.add_argument("--k", type=int, default=5)
   search.add_argument("--method", choices=METHODS, default="hybrid")
+  search.add_argument("--json", action="store_true", help="one JSON object per query")
+  evaluate = command("evaluate", "recall@k and MRR against gold document ids")
+  evaluate.add_argument("--qa", required=True, metavar="FILE",
+                        help='.jsonl rows with "question" (or "input") and "doc_id"')
+  evaluate.add_argument("--k", default="1,5,10", help="comma-separated cut-offs")
+  evaluate.add_argument("--method", choices=METHODS + ("all",), default="all")
+  evaluate.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
 
   try:
     run(args)
-  except (CorpusError, RetrievalIndexError) as err:
+  except (UsageError, CorpusError, RetrievalIndexError, EmptyQueryError,
+          InputTooLongError) as err:
     parser.exit(2, f"error: {err}\n")
 
 
 def run(args):
   if args.command == "create":
-    RetrievalIndex.create(args.index, IndexConfig(dense=not args.bm25_only,
-                                                  chunk_tokens=args.chunk_tokens,
-                                                  chunk_overlap=args.chunk_overlap))
+    config = IndexConfig(dense=not args.bm25_only, chunk_tokens=args.chunk_tokens,
+                         chunk_overlap=args.chunk_overlap)
+    try:
+      RetrievalIndex.create(args.index, config)
+    except ValueError as err:  # also chunk sizes that do not fit the encoder
+      raise UsageError(str(err)) from None
     print(f"created {args.index}")
     return
+  if args.command == "search":
+    queries = _search_queries(args)
+    _check_k(args.k)
+  elif args.command == "evaluate":
+    ks = _parse_ks(args.k)
+    questions, gold = read_qa(args.qa)
   index = RetrievalIndex.open(args.index)
   if args.command in ("add", "replace"):
     corpus = load_corpus(args.source)
@@ -57,11 +97,189 @@ def run(args):
     print(getattr(index, args.command)(corpus))
   elif args.command == "delete":
     print(index.delete(args.doc_ids))
+  elif args.command == "search":
+    _search(index, queries, args.k, args.method, args.json)
   else:
-    for query, passages in zip(args.queries, index.search(args.queries, args.k, args.method)):
+    _evaluate(index, questions, gold, ks, args.method, args.json)
+
+
+def _check_k(k: int):
+  if k < 1:
+    raise UsageError(f"--k must be >= 1, got {k}")
+
+
+def _parse_ks(text: str) -> list[int]:
+  try:
+    ks = sorted({int(part) for part in text.split(",") if part.strip()})
+  except ValueError:
+    raise UsageError(f"--k must be comma-separated integers like 1,5,10, got {text!r}") from None
+  if not ks:
+    raise UsageError("--k names no cut-off")
+  _check_k(ks[0])
+  return ks
+
+
+def _search_queries(args) -> list[str]:
+  if args.queries and args.queries_file:
+    raise UsageError("give queries as arguments or with --queries FILE, not both")
+  if args.queries_file:
+    return read_queries(args.queries_file)
+  if not args.queries:
+    raise UsageError("no query: give query texts or --queries FILE")
+  for i, query in enumerate(args.queries, 1):
+    if not query.strip():
+      raise UsageError(f"query {i} is empty")
+  return args.queries
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+  """(line number, line) for the non-blank lines of a UTF-8 text file."""
+  try:
+    text = path.read_text(encoding="utf-8")
+  except FileNotFoundError:
+    raise UsageError(f"{path}: no such file") from None
+  except UnicodeDecodeError as err:
+    raise UsageError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+  except OSError as err:
+    raise UsageError(f"{path}: {err.strerror or err}") from None
+  return [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _json_rows(path: Path):
+  """(where, object) for each non-blank line of a JSONL file; where = "file:line"."""
+  for lineno, line in _read_lines(path):
+    where = f"{path}:{lineno}"
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as err:
+      raise UsageError(f"{where}: invalid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+      raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    yield where, row
+
+
+def _text_field(where: str, row: dict, keys: tuple[str, ...]) -> str:
+  key = next((k for k in keys if k in row), None)
+  if key is None:
+    raise UsageError(f"{where}: no " + " or ".join(f'"{k}"' for k in keys) + " field")
+  if not isinstance(row[key], str) or not row[key].strip():
+    raise UsageError(f'{where}: "{key}" must be non-empty text, got {row[key]!r}')
+  return row[key]
+
+
+def read_queries(path) -> list[str]:
+  """Queries from a .jsonl file ({"input"}, {"question"} or {"query"} per row) or a text file
+  (one per line); blank lines are skipped."""
+  path = Path(path)
+  if path.suffix == ".jsonl":
+    queries = [_text_field(where, row, QUERY_KEYS) for where, row in _json_rows(path)]
+  else:
+    queries = [line for _, line in _read_lines(path)]
+  if not queries:
+    raise UsageError(f"{path}: no queries")
+  return queries
+
+
+def read_qa(path) -> tuple[list[str], list[set[str]]]:
+  """Questions and gold doc id sets from {"question" or "input", "doc_id"} rows; "doc_id" may
+  also be a list of ids."""
+  path = Path(path)
+  questions, gold = [], []
+  for where, row in _json_rows(path):
+    questions.append(_text_field(where, row, QUESTION_KEYS))
+    doc_ids = row.get("doc_id")
+    doc_ids = [doc_ids] if isinstance(doc_ids, str) else doc_ids
+    if (not isinstance(doc_ids, list) or not doc_ids
+        or not all(isinstance(d, str) and d for d in doc_ids)):
+      raise UsageError(f'{where}: "doc_id" must be a document id (or a list of them), got '
+                       f"{row.get('doc_id')!r}")
+    gold.append(set(doc_ids))
+  if not questions:
+    raise UsageError(f"{path}: no questions")
+  return questions, gold
+
+
+def shortfall_note(found: int, k: int, method: str, num_chunks: int) -> str | None:
+  """Why a query got fewer than k passages, or None if it got k."""
+  if found >= k:
+    return None
+  if method == "bm25" and found < num_chunks:
+    other = "other " if found else ""
+    why = f"no {other}passage shares a term with the query"
+  else:
+    why = f"the index has only {num_chunks} passage(s)"
+  return f"{method} found {found} of k={k} hits ({why})"
+
+
+def _search(index: RetrievalIndex, queries: list[str], k: int, method: str, as_json: bool):
+  results = index.search(queries, k, method)
+  for number, (query, passages) in enumerate(zip(queries, results), 1):
+    note = shortfall_note(len(passages), k, method, index.num_chunks)
+    if note:
+      print(f"query {number}: {note}", file=sys.stderr)
+    if as_json:
+      record = {"query": query,
+                "hits": [{"rank": p.rank, "doc_id": p.doc_id, "chunk_id": p.chunk_id,
+                          "score": p.score, "text": p.text} for p in passages]}
+      if note:
+        record["note"] = note
+      print(json.dumps(record, ensure_ascii=False))
+    else:
       print(f"# {query}")
       for p in passages:
         print(f"{p.rank}. [{p.chunk_id}] {p.score:.4f}  {p.text[:100]!r}")
+
+
+def ranked_doc_ids(index: RetrievalIndex, questions: list[str], method: str,
+                   num_docs: int) -> list[list[str]]:
+  """The first `num_docs` distinct documents retrieved for each question. Several chunks of one
+  document count once, so a question is searched deeper (doubling k) until it has `num_docs`
+  documents or the retriever runs out."""
+  ranked: list[list[str]] = [[] for _ in questions]
+  todo, depth = list(range(len(questions))), num_docs
+  while todo:
+    results = index.search([questions[i] for i in todo], depth, method)
+    deeper = []
+    for i, passages in zip(todo, results):
+      ranked[i] = metrics.distinct([p.doc_id for p in passages])[:num_docs]
+      cut_off = len(passages) == depth and depth < index.num_chunks  # more may follow
+      if len(ranked[i]) < num_docs and cut_off:
+        deeper.append(i)
+    todo, depth = deeper, min(2 * depth, index.num_chunks)
+  return ranked
+
+
+def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]], ks: list[int],
+              method: str, as_json: bool):
+  methods = list(METHODS) if method == "all" else [method]
+  if not index.config.dense:
+    if method == "all":
+      methods = ["bm25"]
+      print("note: BM25-only index: evaluating bm25 only", file=sys.stderr)
+    elif method != "bm25":
+      raise UsageError(f"{index.path}: BM25-only index; use --method bm25")
+  indexed = index.doc_rows()
+  unknown = [i for i, g in enumerate(gold) if not g & indexed.keys()]
+  if unknown:
+    example = sorted(gold[unknown[0]])[0]
+    print(f"warning: {len(unknown)} of {len(questions)} questions have no gold document in the "
+          f"index (first: {example!r}); they count as misses", file=sys.stderr)
+  mrr_key = f"mrr@{ks[-1]}"
+  results = {}
+  for name in methods:
+    scores = metrics.evaluate(ranked_doc_ids(index, questions, name, ks[-1]), gold, ks)
+    scores[mrr_key] = scores.pop("mrr")  # over the first max(k) documents
+    results[name] = scores
+  if as_json:
+    print(json.dumps({"index": str(index.path), "questions": len(questions),
+                      "results": results}))
+    return
+  columns = [f"recall@{k}" for k in ks] + [mrr_key]
+  print(f"{len(questions)} questions, {index.num_documents} documents, "
+        f"{index.num_chunks} passages")
+  print(f"{'method':8}" + "".join(f"{c:>11}" for c in columns))
+  for name, scores in results.items():
+    print(f"{name:8}" + "".join(f"{scores[c]:>11.3f}" for c in columns))
 
 
 if __name__ == "__main__":

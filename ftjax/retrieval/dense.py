@@ -1,211 +1,43 @@
-"""Dense retrieval: a Flax BERT sentence encoder and exact top-k search sharded over devices.
+"""Dense retrieval: encoding texts in batches for search, and exact top-k sharded over devices.
 
-The encoder reproduces sentence-transformers' all-MiniLM-L6-v2 pipeline: BERT (post-LN) ->
-mean pooling over real tokens -> L2 normalisation. Params are a plain pytree read tensor by tensor
-from `model.safetensors`; layers are stacked on a leading `layers` axis (an `nn.scan`).
+The encoder itself (a Flax BERT such as all-MiniLM-L6-v2, its weights and `load_encoder`) lives in
+`ftjax.models.bert`; its names are re-exported here for older imports. `encode` tokenizes, pads
+length-sorted batches to a few shapes and runs the jit-compiled `bert.embed`.
 
 Inputs longer than `max_seq_length` word pieces (256 for MiniLM, from sentence_bert_config.json)
 are truncated like sentence-transformers does (first 254 pieces + [CLS] + [SEP]); `encode`
 reports which texts were cut, or raises `InputTooLongError` with `on_overflow="error"`.
 
-Search is exact: scores = queries @ index.T in fixed-size row blocks with a running `lax.top_k`.
-The index rows are split over a mesh axis (`shard_map`); each device takes its local top-k and a
-final top-k merges the `devices * k` candidates, which gives the same ids and scores as the
-unsharded search.
+Search is exact (no approximate index): scores = queries @ index.T in fixed-size row blocks with a
+running `lax.top_k`. The index rows are split over a mesh axis (`shard_map`); each device takes its
+local top-k and a final top-k merges the `devices * k` candidates. This returns the same top-k as
+the unsharded search up to float32 rounding, which the math does not pin down: a matmul's last bits
+depend on its shape, fusion and the CPU/GPU kernel. So ties are defined on embeddings, not on
+score bits: rows with bit-identical embeddings (duplicate passages) are searched once and returned
+together, lower row first, with one score (also when they straddle the k-th place), on every
+machine and mesh. Distinct rows whose scores agree to within rounding (~1e-6 for unit vectors) may
+come in either order.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import itertools
-import json
-import os
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ftjax.checkpoints import DEFAULT_ENCODER, CheckpointError, resolve
-
-_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
-
-
-class InputTooLongError(ValueError):
-  """A text has more word pieces than the encoder accepts and `on_overflow="error"`."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  intermediate_size: int
-  max_position_embeddings: int
-  type_vocab_size: int
-  layer_norm_eps: float
-  max_seq_length: int  # sentence-transformers' limit (<= max_position_embeddings)
-  dtype: str = "float32"
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-
-def config_from_folder(folder: Path) -> EncoderConfig:
-  """Reads config.json (+ sentence_bert_config.json and 1_Pooling when present)."""
-  hf = json.loads((folder / "config.json").read_text())
-  if hf.get("model_type") != "bert":
-    raise CheckpointError(f"{folder}: model_type {hf.get('model_type')!r}; only BERT encoders "
-                          "are supported")
-  if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("hidden_act") != "gelu":
-    raise CheckpointError(f"{folder}: only absolute positions and exact GELU are supported")
-  pooling = folder / "1_Pooling" / "config.json"
-  if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
-    raise CheckpointError(f"{pooling}: only mean pooling is supported")
-  st = folder / "sentence_bert_config.json"
-  max_seq = json.loads(st.read_text())["max_seq_length"] if st.is_file() else None
-  return EncoderConfig(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-      intermediate_size=hf["intermediate_size"],
-      max_position_embeddings=hf["max_position_embeddings"],
-      type_vocab_size=hf["type_vocab_size"], layer_norm_eps=hf["layer_norm_eps"],
-      max_seq_length=min(max_seq or hf["max_position_embeddings"], hf["max_position_embeddings"]))
-
-
-class EncoderLayer(nn.Module):
-  """One post-LN BERT block; (carry, mask) -> (carry, None) so it can be scanned."""
-  cfg: EncoderConfig
-
-  @nn.compact
-  def __call__(self, x, mask):
-    cfg = self.cfg
-    dt = jnp.dtype(cfg.dtype)
-    h, d = cfg.num_heads, cfg.head_dim
-    dense = functools.partial(nn.DenseGeneral, dtype=dt, param_dtype=jnp.float32)
-    norm = functools.partial(nn.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=dt,
-                             param_dtype=jnp.float32)
-    q = dense((h, d), name="query")(x)  # [batch, seq, heads, head_dim]
-    k = dense((h, d), name="key")(x)
-    v = dense((h, d), name="value")(x)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * d ** -0.5
-    scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    attn = dense(cfg.hidden_size, axis=(-2, -1), name="attention_out")(attn)
-    x = norm(name="attention_norm")(x + attn)
-    ff = jax.nn.gelu(dense(cfg.intermediate_size, name="intermediate")(x), approximate=False)
-    ff = dense(cfg.hidden_size, name="output")(ff)
-    return norm(name="output_norm")(x + ff), None
-
-
-class BertEncoder(nn.Module):
-  """token_ids, mask [batch, seq] -> hidden states [batch, seq, hidden]."""
-  cfg: EncoderConfig
-
-  @nn.compact
-  def __call__(self, token_ids, mask):
-    cfg = self.cfg
-    dt = jnp.dtype(cfg.dtype)
-    embed = functools.partial(nn.Embed, features=cfg.hidden_size, dtype=dt,
-                              param_dtype=jnp.float32)
-    positions = jnp.arange(token_ids.shape[1])[None, :]
-    x = (embed(cfg.vocab_size, name="word_embeddings")(token_ids)
-         + embed(cfg.max_position_embeddings, name="position_embeddings")(positions)
-         + embed(cfg.type_vocab_size, name="token_type_embeddings")(jnp.zeros_like(token_ids)))
-    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=jnp.float32,
-                     name="embedding_norm")(x)
-    layers = nn.scan(EncoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=nn.broadcast, length=cfg.num_layers)(cfg, name="layers")
-    x, _ = layers(x, mask)
-    return x
-
-
-def embed(cfg: EncoderConfig, params, token_ids, mask):
-  """Pure sentence embedding: [batch, seq] ids and bool mask -> [batch, hidden] unit vectors."""
-  hidden = BertEncoder(cfg).apply({"params": params}, token_ids, mask).astype(jnp.float32)
-  weights = mask.astype(jnp.float32)[..., None]
-  pooled = jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1e-9)
-  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-  return pooled / jnp.maximum(norm, 1e-12)
-
+# The encoder moved to ftjax.models.bert; these names stay importable from here.
+from ftjax.models.bert import (BertEncoder, Encoder, EncoderConfig, EncoderLayer,  # noqa: F401
+                               config_from_folder, embed, load_encoder, load_params)
 
 _embed_jit = jax.jit(embed, static_argnums=0)
 
 
-def _hf_layer_map(cfg: EncoderConfig) -> dict[str, tuple[str, Any]]:
-  """HF per-layer tensor name -> (param path under `layers`, HF->Flax transform)."""
-  e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-  m = {}
-  for name in ("query", "key", "value"):
-    m[f"attention.self.{name}.weight"] = (f"{name}/kernel", lambda w: w.T.reshape(e, h, d))
-    m[f"attention.self.{name}.bias"] = (f"{name}/bias", lambda w: w.reshape(h, d))
-  m["attention.output.dense.weight"] = ("attention_out/kernel", lambda w: w.T.reshape(h, d, e))
-  m["attention.output.dense.bias"] = ("attention_out/bias", lambda w: w)
-  m["attention.output.LayerNorm.weight"] = ("attention_norm/scale", lambda w: w)
-  m["attention.output.LayerNorm.bias"] = ("attention_norm/bias", lambda w: w)
-  m["intermediate.dense.weight"] = ("intermediate/kernel", lambda w: w.T)
-  m["intermediate.dense.bias"] = ("intermediate/bias", lambda w: w)
-  m["output.dense.weight"] = ("output/kernel", lambda w: w.T)
-  m["output.dense.bias"] = ("output/bias", lambda w: w)
-  m["output.LayerNorm.weight"] = ("output_norm/scale", lambda w: w)
-  m["output.LayerNorm.bias"] = ("output_norm/bias", lambda w: w)
-  return m
-
-
-def load_params(folder: Path, cfg: EncoderConfig) -> dict:
-  """BERT weights from model.safetensors (read tensor by tensor, no pickle) -> params pytree."""
-  from safetensors import safe_open
-  path = folder / "model.safetensors"
-  if not path.is_file():
-    raise CheckpointError(f"{folder}: no model.safetensors (pickle checkpoints are refused)")
-  with safe_open(str(path), framework="numpy") as f:
-    names = set(f.keys())
-    # Some exports prefix every tensor with "bert.".
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in names else ""
-
-    def get(name):
-      if prefix + name not in names:
-        raise CheckpointError(f"{path}: missing tensor {prefix + name}")
-      return np.asarray(f.get_tensor(prefix + name), np.float32)
-
-    params = {
-        "word_embeddings": {"embedding": get("embeddings.word_embeddings.weight")},
-        "position_embeddings": {"embedding": get("embeddings.position_embeddings.weight")},
-        "token_type_embeddings": {"embedding": get("embeddings.token_type_embeddings.weight")},
-        "embedding_norm": {"scale": get("embeddings.LayerNorm.weight"),
-                           "bias": get("embeddings.LayerNorm.bias")},
-        "layers": {},
-    }
-    for hf_name, (path_in_layer, fn) in _hf_layer_map(cfg).items():
-      module, leaf = path_in_layer.split("/")
-      stacked = np.stack([fn(get(f"encoder.layer.{i}.{hf_name}")) for i in range(cfg.num_layers)])
-      params["layers"].setdefault(module, {})[leaf] = stacked
-  return params
-
-
-class Encoder(NamedTuple):
-  config: EncoderConfig
-  params: Any
-  tokenizer: Any
-  name: str
-
-
-def load_encoder(name_or_path: str | os.PathLike = DEFAULT_ENCODER, dtype: str = "float32"
-                 ) -> Encoder:
-  """Loads a BERT sentence encoder (registered name, local folder or hub id)."""
-  from transformers import AutoTokenizer
-  folder = resolve(name_or_path)
-  cfg = dataclasses.replace(config_from_folder(folder), dtype=dtype)
-  params = jax.tree.map(jnp.asarray, load_params(folder, cfg))
-  tokenizer = AutoTokenizer.from_pretrained(str(folder))
-  return Encoder(cfg, params, tokenizer, str(name_or_path))
+class InputTooLongError(ValueError):
+  """A text has more word pieces than the encoder accepts and `on_overflow="error"`."""
 
 
 class Encoded(NamedTuple):
@@ -271,9 +103,9 @@ def top_k(queries, index, valid, k: int, block_rows: int):
   """Exact inner-product top-k: ([q, k] scores, [q, k] rows); rows with valid=False never win.
 
   Scores are computed block by block ([q, block_rows] matmuls, N a multiple of block_rows) with a
-  running top-k: the [q, N] score matrix is never materialised, and since XLA's matmul rounding
-  depends on the matrix shape, fixed blocks make every score independent of how the rows are
-  split over devices. Ties resolve to the lower row, as in `lax.top_k`.
+  running top-k, so the [q, N] score matrix is never materialised. Equal scores resolve to the
+  lower row, as in `lax.top_k`; scores that are equal in exact arithmetic may differ in the last
+  bits (see the module docstring), which `place_index` handles for identical rows.
   """
   local_k = min(k, block_rows)
 
@@ -310,9 +142,9 @@ def sharded_top_k(queries, index, valid, k: int, block_rows: int, mesh: Mesh,
                   axis: str = "shard"):
   """`top_k` with index rows split over `mesh[axis]`: local top-k per shard, then a merge.
 
-  Each shard's rows must be a multiple of `block_rows`. Gives exactly the ids and scores of the
-  unsharded `top_k` with the same `block_rows`: scores come from the same block matmuls, and the
-  merge sees candidates in shard (= row) order, so ties still resolve to the lower row.
+  Each shard's rows must be a multiple of `block_rows`. The merge sees candidates in shard (= row)
+  order, so equal scores still resolve to the lower row; the result is the unsharded `top_k`'s up
+  to float32 rounding of the scores.
   """
   shards = mesh.shape[axis]
   rows_per_shard = index.shape[0] // shards
@@ -338,16 +170,44 @@ def default_mesh(axis: str = "shard") -> Mesh:
 class DeviceIndex(NamedTuple):
   """Index embeddings placed on the mesh, padded to a multiple of shards * block_rows."""
   embeddings: jax.Array  # [rows_padded, hidden], sharded over rows
-  valid: jax.Array  # [rows_padded] bool
+  valid: jax.Array  # [rows_padded] bool; False for padding, invalid rows and copies
   block_rows: int
   mesh: Mesh
   axis: str
+  copies: dict[int, list[int]]  # first row -> later valid rows with a bit-identical embedding
+
+
+def find_copies(embeddings: np.ndarray, valid: np.ndarray) -> dict[int, list[int]]:
+  """First valid row -> the later valid rows whose embedding is bit-identical to it.
+
+  Hashes a few columns' bits (about 0.2 s per million rows) and compares whole rows only within a
+  hash bucket, so the cost does not grow with the embedding width.
+  """
+  rows = np.flatnonzero(valid)
+  if len(rows) < 2:
+    return {}
+  bits = np.ascontiguousarray(embeddings, np.float32).view(np.uint32)
+  fingerprint = np.zeros(len(rows), np.uint64)
+  for col in np.unique(np.linspace(0, bits.shape[1] - 1, 8).astype(np.int64)):
+    fingerprint = fingerprint * np.uint64(0x9E3779B97F4A7C15) + bits[rows, col]
+  order = np.argsort(fingerprint, kind="stable")  # rows stay ascending within a bucket
+  sorted_fp = fingerprint[order]
+  repeats = np.flatnonzero(sorted_fp[1:] == sorted_fp[:-1]) + 1
+  groups: dict[bytes, list[int]] = {}
+  for pos in np.unique(np.concatenate([repeats - 1, repeats])):  # rows sharing a fingerprint
+    row = int(rows[order[pos]])
+    groups.setdefault(bits[row].tobytes(), []).append(row)
+  return {group[0]: group[1:] for group in groups.values() if len(group) > 1}
 
 
 def place_index(embeddings: np.ndarray, valid: np.ndarray | None = None,
                 mesh: Mesh | None = None, axis: str = "shard", block_rows: int = 4096
                 ) -> DeviceIndex:
-  """Pads and shards the index rows; blocks shrink (to a multiple of 64) for small indexes."""
+  """Pads and shards the index rows; blocks shrink (to a multiple of 64) for small indexes.
+
+  Only the first of a set of bit-identical rows goes on the device; `search` puts the others right
+  after it (see the module docstring).
+  """
   mesh = mesh or default_mesh(axis)
   n, dim = embeddings.shape
   shards = mesh.shape[axis]
@@ -357,9 +217,13 @@ def place_index(embeddings: np.ndarray, valid: np.ndarray | None = None,
   emb[:n] = embeddings
   ok = np.zeros(padded, bool)
   ok[:n] = True if valid is None else valid
+  copies = find_copies(emb[:n], ok[:n])
+  searched = ok.copy()
+  for later in copies.values():
+    searched[later] = False
   sharding = NamedSharding(mesh, P(axis))
-  return DeviceIndex(jax.device_put(emb, sharding), jax.device_put(ok, sharding), block_rows, mesh,
-                     axis)
+  return DeviceIndex(jax.device_put(emb, sharding), jax.device_put(searched, sharding), block_rows,
+                     mesh, axis, copies)
 
 
 def search(index: DeviceIndex, queries: np.ndarray, k: int, query_batch: int = 256
@@ -383,4 +247,18 @@ def search(index: DeviceIndex, queries: np.ndarray, k: int, query_batch: int = 2
     s, r = np.asarray(s)[:len(chunk)], np.asarray(r)[:len(chunk)]
     scores[start:start + len(chunk), :k_eff] = s
     rows[start:start + len(chunk), :k_eff] = np.where(np.isfinite(s), r, -1)
+  if index.copies:
+    scores, rows = _insert_copies(scores, rows, index.copies)
+  return scores, rows
+
+
+def _insert_copies(scores, rows, copies):
+  """Puts each hit's copies right after it, with its score, and keeps the first k."""
+  scores, rows = scores.copy(), rows.copy()
+  k = rows.shape[1]
+  for q in np.flatnonzero(np.isin(rows, list(copies)).any(axis=1)):
+    hits = [(score, same) for score, row in zip(scores[q], rows[q]) if row >= 0
+            for same in [row, *copies.get(int(row), ())]][:k]
+    for j, (score, row) in enumerate(hits):
+      scores[q, j], rows[q, j] = score, row
   return scores, rows

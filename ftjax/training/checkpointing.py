@@ -2,6 +2,8 @@
 
 Each checkpoint step holds `state` (step, trainable params, optimizer state, RNG: for LoRA runs
 the trainable params are the adapters only) and `data` (the iterator position, JSON).
+`latest_step` and `restore_params` read a finished run's trainable params alone, for loading it
+(`ftjax.load(workdir)`) or seeding another run (`init_from`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,42 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _reader(directory: str | Path) -> ocp.CheckpointManager:
+  """A manager that only reads: creates nothing, and skips unfinished (temporary) saves."""
+  return ocp.CheckpointManager(
+      Path(directory).absolute(),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(create=False))
+
+
+def latest_step(directory: str | Path) -> int | None:
+  """The latest finished checkpoint step in `directory`, or None if there is none."""
+  if not Path(directory).is_dir():
+    return None
+  with _reader(directory) as manager:
+    return manager.latest_step()
+
+
+def restore_params(directory: str | Path, step: int, abstract_params: Any = None, *,
+                   sharding: jax.sharding.Sharding | None = None, dtype=None) -> Any:
+  """The trainable params of checkpoint `step` (no optimizer state, RNG or data position).
+
+  `abstract_params`: ShapeDtypeStructs with shardings, as training lays them out. None: as saved,
+  every leaf on `sharding` (default: the first local device), cast to `dtype` if given.
+  """
+  with _reader(directory) as manager:
+    if abstract_params is None:
+      saved = manager.item_metadata(step)["state"].tree["params"]
+      sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_params = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=sharding), saved)
+    target = {"params": abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+  return restored["state"]["params"]
 
 
 def abstract_like(tree, shardings):

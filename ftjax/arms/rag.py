@@ -1,6 +1,6 @@
 """Retrieval-augmented generation: retrieved passages placed before the question, in a budget.
 
-The prompt is one user message:
+The prompt is one user message (`ftjax.prompts.render_rag_prompt`):
 
   {instruction}
 
@@ -28,8 +28,10 @@ import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
 from ftjax.generate import SamplingConfig, encode_prompts, generate
+from ftjax.prompts import question_messages
+from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
+from ftjax.prompts import render_rag_prompt as render_prompt
 
-DEFAULT_INSTRUCTION = "Answer the question. The passages below may help."
 TRUNCATION_MARK = " ..."
 
 
@@ -37,17 +39,9 @@ class PromptBudgetError(ValueError):
   """The question (with the instruction) alone exceeds the prompt budget."""
 
 
-def render_prompt(question: str, passages: Sequence[str],
-                  instruction: str = DEFAULT_INSTRUCTION) -> str:
-  parts = [instruction] if instruction else []
-  parts += [f"[{i}] {text}" for i, text in enumerate(passages, 1)]
-  parts.append(f"Question: {question}")
-  return "\n\n".join(parts)
-
-
-def count_prompt_tokens(tokenizer, content: str) -> int:
+def count_prompt_tokens(tokenizer, content: str, system_prompt: str = "") -> int:
   """Tokens the model reads for this user message, rendered exactly as `generate` does."""
-  return len(encode_prompts(tokenizer, [content])[0])
+  return len(encode_prompts(tokenizer, [question_messages(content, system_prompt=system_prompt)])[0])
 
 
 class UsedPassage(NamedTuple):
@@ -66,15 +60,16 @@ class RagPrompt(NamedTuple):
 
 
 def build_prompt(question: str, passages: Sequence[Any], tokenizer, max_prompt_tokens: int,
-                 instruction: str = DEFAULT_INSTRUCTION, min_passage_tokens: int = 16
-                 ) -> RagPrompt:
+                 instruction: str = DEFAULT_INSTRUCTION, min_passage_tokens: int = 16,
+                 system_prompt: str = "") -> RagPrompt:
   """Fills the template with as many of `passages` (objects with doc_id, chunk_id, text, score,
   rank: `index.Passage`) as fit in `max_prompt_tokens`."""
   if not question.strip():
     raise ValueError("empty question")
 
   def count(texts):
-    return count_prompt_tokens(tokenizer, render_prompt(question, texts, instruction))
+    return count_prompt_tokens(tokenizer, render_prompt(question, texts, instruction),
+                               system_prompt)
 
   base = count([])
   if base > max_prompt_tokens:
@@ -121,6 +116,7 @@ class RagAnswer:
   num_prompt_tokens: int  # as reported by the generator
   finish_reason: str
   prompt: str
+  num_new_tokens: int = 0
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
@@ -128,27 +124,27 @@ class RagAnswer:
     return out
 
 
-def model_generate_fn(model, sampling=None) -> Callable[[list[str]], list]:
-  """`prompts -> completions` through `ftjax.generate.generate` (greedy, 128 tokens by default)."""
-  sampling = sampling or SamplingConfig(max_new_tokens=128, greedy=True)
-  return lambda prompts: generate(model, prompts, sampling)
+def model_generate_fn(model, sampling=None, system_prompt: str = "") -> Callable[[list[str]], list]:
+  """`prompts -> completions` through `ftjax.generate.generate` (its default sampling)."""
+  return lambda prompts: generate(
+      model, [question_messages(p, system_prompt=system_prompt) for p in prompts], sampling)
 
 
 def answer(questions: Sequence[str], search: Callable[[list[str], int], list[list[Any]]],
            generator, *, tokenizer=None, k: int = 5, max_prompt_tokens: int = 1024,
            instruction: str = DEFAULT_INSTRUCTION, sampling=None,
-           min_passage_tokens: int = 16) -> list[RagAnswer]:
+           min_passage_tokens: int = 16, system_prompt: str = "") -> list[RagAnswer]:
   """Retrieve-then-generate for a batch of questions.
 
   `search(questions, k)` returns ranked passages per question (e.g.
   `functools.partial(index.search, method="hybrid")`). `generator` is a loaded model
   (`ftjax.load(...)`, whose tokenizer counts the budget) or a callable
   `prompts -> completions` (objects with `text`, `num_prompt_tokens`, `finish_reason`), which
-  then needs `tokenizer`.
+  then needs `tokenizer`. A fine-tuned model (`ftjax.load(WORKDIR)`) brings its adapters.
   """
   questions = list(questions)
   if hasattr(generator, "params"):  # a loaded model (ftjax.Pretrained)
-    generate_fn = model_generate_fn(generator, sampling)
+    generate_fn = model_generate_fn(generator, sampling, system_prompt)
     tokenizer = tokenizer or generator.tokenizer
   else:
     generate_fn = generator
@@ -156,10 +152,30 @@ def answer(questions: Sequence[str], search: Callable[[list[str], int], list[lis
       raise ValueError("pass the generator's tokenizer: it counts the prompt budget")
   retrieved = search(questions, k)
   prompts = [build_prompt(q, passages, tokenizer, max_prompt_tokens, instruction,
-                          min_passage_tokens) for q, passages in zip(questions, retrieved)]
+                          min_passage_tokens, system_prompt)
+             for q, passages in zip(questions, retrieved)]
   completions = generate_fn([p.text for p in prompts])
   if len(completions) != len(prompts):
     raise RuntimeError(f"generator returned {len(completions)} completions for {len(prompts)} "
                        "prompts")
-  return [RagAnswer(q, c.text, p.passages, c.num_prompt_tokens, c.finish_reason, p.text)
-          for q, p, c in zip(questions, prompts, completions)]
+  return [RagAnswer(q, c.text, p.passages, c.num_prompt_tokens, c.finish_reason, p.text,
+                    len(c.token_ids)) for q, p, c in zip(questions, prompts, completions)]
+
+
+class RagAnswerer:
+  """The `rag`, `finetuned_rag` and `raft` arms: top-k passages before the question."""
+
+  def __init__(self, name: str, model, search: Callable[[list[str], int], list[list[Any]]],
+               sampling: SamplingConfig, *, k: int, max_prompt_tokens: int,
+               instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = ""):
+    self.name, self.model, self.search, self.sampling = name, model, search, sampling
+    self.k, self.max_prompt_tokens = k, max_prompt_tokens
+    self.instruction, self.system_prompt = instruction, system_prompt
+
+  def answer(self, questions: Sequence[str]) -> list:
+    from ftjax.arms.base import Answer
+    answers = answer(questions, self.search, self.model, k=self.k,
+                     max_prompt_tokens=self.max_prompt_tokens, instruction=self.instruction,
+                     sampling=self.sampling, system_prompt=self.system_prompt)
+    return [Answer(a.answer, a.num_prompt_tokens, a.num_new_tokens, a.finish_reason,
+                   passages=tuple(p.doc_id for p in a.passages)) for a in answers]

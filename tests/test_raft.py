@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from ftjax.retrieval import metrics, raft
+from ftjax.data import raft
+from ftjax.retrieval import metrics
 from ftjax.retrieval.corpus import CorpusError, QAPair
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
-from ftjax.retrieval.rag import render_prompt
-from ftjax.retrieval.synthetic import make_corpus
+from ftjax.arms.rag import render_prompt
+from ftjax.data.synthetic import make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from typing import NamedTuple
 
 import pytest
 
-from ftjax.retrieval import rag
+from ftjax.arms import rag
 from ftjax.retrieval.corpus import Document
 from ftjax.retrieval.index import IndexConfig, Passage, RetrievalIndex
-from ftjax.retrieval.synthetic import make_corpus
+from ftjax.data.synthetic import make_corpus
 
 
 class FakeCompletion(NamedTuple):

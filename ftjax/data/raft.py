@@ -1,6 +1,6 @@
 """Retrieval-augmented fine-tuning data (RAFT, Zhang et al., 2024).
 
-Each QA pair becomes one chat example whose user turn is the RAG prompt (`rag.render_prompt`:
+Each QA pair becomes one chat example whose user turn is the RAG prompt (`ftjax.prompts.render_rag_prompt`:
 instruction, numbered passages, question) and whose assistant turn is the answer. The passages
 are the oracle (the gold document's passage) and `num_distractors` other passages, shuffled; in a
 fraction `1 - oracle_fraction` of the examples the oracle is left out (replaced by one more
@@ -12,7 +12,7 @@ a retriever's ranking (hard negatives) and topped up at random. Output rows are
 `{"messages": [...]}`, the format the SFT data loader reads; what each example contains (oracle
 or not, passage ids) is returned beside them. Deterministic in `seed`.
 
-  python -m ftjax.retrieval.raft --qa qa.jsonl --corpus docs.jsonl --out raft.jsonl
+  python -m ftjax.data.raft --qa qa.jsonl --corpus docs.jsonl --out raft.jsonl
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ftjax.retrieval.corpus import CorpusError, QAPair, read_jsonl
-from ftjax.retrieval.rag import DEFAULT_INSTRUCTION, render_prompt
+from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
+from ftjax.prompts import render_rag_prompt as render_prompt
 
 
 class RaftExample(NamedTuple):

@@ -1,0 +1,60 @@
+"""The default experiment (`make demo`): an invented company's customer service on SmolLM2-135M.
+
+The domain (data/support, written by data/make_support_domain.py) is fiction, so no pretrained
+model knows its facts: what an arm gets right it got from its documents or its training.
+Sized for a 2-core CPU: the whole comparison runs in well under half an hour.
+
+  python -m ftjax.experiment --config configs/experiments/support.py --workdir runs/support
+"""
+
+import json
+from pathlib import Path
+
+from ftjax.experiment import experiment_config
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "support"
+
+
+def get_config():
+  c = experiment_config()
+  c.name = "support"
+  c.model = "smollm2-135m-instruct"
+  c.num_seeds = 1
+
+  for key in ("docs", "train", "eval", "unanswerable", "general", "updates", "update_train",
+              "update_eval"):
+    c.data[key] = str(DATA / f"{key}.jsonl")
+  c.data.decline_train = str(DATA / "train_decline.jsonl")
+  c.data.use_decline = True  # examples that decline politely when no document covers a question
+
+  style = json.loads((DATA / "style.json").read_text())
+  c.style.pattern = style["pattern"]
+  c.style.instruction = style["instruction"]
+
+  c.sampling.max_new_tokens = 48
+  c.sampling.batch_size = 32
+  c.sampling.latency_questions = 4
+
+  c.retrieval.method = "hybrid"
+  c.retrieval.k = 3
+  c.retrieval.max_prompt_tokens = 640
+
+  # LoRA on every projection, a few epochs over ~200 short examples.
+  c.finetune.seq_len = 256
+  c.finetune.batch_size = 8
+  c.finetune.num_steps = 30
+  c.finetune.optimizer.learning_rate = 2e-3
+  c.finetune.optimizer.warmup_steps = 3
+  c.finetune.lora.rank = 16
+  c.finetune.lora.alpha = 32.0
+  c.finetune.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj")
+  c.finetune.log_every_steps = 5
+
+  c.raft.num_distractors = 2
+  c.raft.num_steps = 30
+  c.knowledge_update.num_steps = 8
+
+  c.cost.device = "2-core CPU"
+  c.cost.price_per_device_hour = 0.10
+  return c

@@ -1,0 +1,48 @@
+"""The seam every arm implements: `answer(questions) -> answers with metadata`.
+
+An arm is a way of answering a question: a model (base or fine-tuned) plus how its prompt is
+built (question only, few-shot, retrieved passages, a cached corpus). All arms generate through
+the one generation function (`ftjax.generate.generate`) and build prompts in `ftjax.prompts`.
+Evaluation consumes `Answer`s and never sees the arm that produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+from ftjax.generate import SamplingConfig, generate
+from ftjax.prompts import question_messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  text: str
+  prompt_tokens: int  # tokens the model reads (cached prefix included)
+  new_tokens: int
+  finish_reason: str
+  passages: tuple[str, ...] | None = None  # doc ids in the prompt; None: the arm retrieves nothing
+  cached_tokens: int = 0  # of prompt_tokens, read from a prefilled cache (CAG)
+
+
+class Answerer(Protocol):
+  name: str
+
+  def answer(self, questions: Sequence[str]) -> list[Answer]:
+    ...
+
+
+class ChatAnswerer:
+  """The question as the user turn, after an optional system prompt and few-shot turns:
+  `base` and `finetuned` (question only) and `prompted` (style instruction + examples)."""
+
+  def __init__(self, name: str, model, sampling: SamplingConfig, *, system_prompt: str = "",
+               few_shot: Sequence[tuple[str, str]] = ()):
+    self.name, self.model, self.sampling = name, model, sampling
+    self.system_prompt, self.few_shot = system_prompt, tuple(few_shot)
+
+  def answer(self, questions: Sequence[str]) -> list[Answer]:
+    prompts = [question_messages(q, system_prompt=self.system_prompt, few_shot=self.few_shot)
+               for q in questions]
+    return [Answer(c.text, c.num_prompt_tokens, len(c.token_ids), c.finish_reason)
+            for c in generate(self.model, prompts, self.sampling)]

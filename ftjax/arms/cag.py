@@ -1,0 +1,60 @@
+"""Cache-augmented generation (CAG): the whole corpus is prefilled once into a KV cache that every
+question continues from — no retrieval, no training.
+
+The corpus goes in the system turn (`ftjax.prompts.render_corpus`); each question is the user
+turn after it. `ftjax.generate.chat_prefix_split` cuts the rendered conversation after the
+corpus, so the cached tokens plus each question's tokens are exactly what the model would read
+with the corpus in the prompt. When the corpus does not fit the model's context, the arm says
+so (`does_not_fit`) and the runner records it as skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ftjax.arms.base import Answer
+from ftjax.generate import SamplingConfig, chat_prefix_split, generate, prefill_prefix
+from ftjax.prompts import DEFAULT_CAG_INSTRUCTION, render_corpus
+
+
+class CagAnswerer:
+  def __init__(self, name: str, model, documents: Sequence[tuple[str, str]],
+               sampling: SamplingConfig, *, instruction: str = DEFAULT_CAG_INSTRUCTION,
+               system_prompt: str = ""):
+    self.name, self.model, self.sampling = name, model, sampling
+    corpus = render_corpus(documents, instruction)
+    system = f"{system_prompt}\n\n{corpus}" if system_prompt else corpus
+    self.prefix_messages = [{"role": "system", "content": system}]
+    self.prefix_ids, _ = chat_prefix_split(model.tokenizer, self.prefix_messages, "?")
+    self._cache = None
+
+  def _split(self, question: str) -> list[int]:
+    prefix_ids, suffix_ids = chat_prefix_split(self.model.tokenizer, self.prefix_messages,
+                                               question)
+    if prefix_ids != self.prefix_ids:
+      raise ValueError("the chat template renders the corpus differently per question; "
+                       "it cannot be cached once")
+    return suffix_ids
+
+  def does_not_fit(self, questions: Sequence[str]) -> str | None:
+    """Why the corpus + question + answer exceed the model's context, or None if they fit."""
+    context = self.model.config.max_position_embeddings
+    longest = max((len(self._split(q)) for q in questions), default=0)
+    needed = len(self.prefix_ids) + longest + self.sampling.max_new_tokens
+    if needed > context:
+      return (f"the corpus is {len(self.prefix_ids):,} tokens; with the longest question "
+              f"({longest}) and {self.sampling.max_new_tokens} new tokens it needs {needed:,}, "
+              f"over the model's context of {context:,}")
+    return None
+
+  @property
+  def cache(self):
+    if self._cache is None:  # prefilled once, on first use
+      self._cache = prefill_prefix(self.model, self.prefix_ids)
+    return self._cache
+
+  def answer(self, questions: Sequence[str]) -> list[Answer]:
+    suffixes = [self._split(q) for q in questions]
+    completions = generate(self.model, suffixes, self.sampling, prefix=self.cache)
+    return [Answer(c.text, c.num_prompt_tokens, len(c.token_ids), c.finish_reason,
+                   cached_tokens=c.num_cached_tokens) for c in completions]

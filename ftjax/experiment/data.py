@@ -1,0 +1,183 @@
+"""The researcher's files, read and checked at start: corpus, examples, questions, updates.
+
+Every file is a config key (`data.*`), so any domain plugs in. Required files that are missing
+or malformed stop the run before any model is loaded, naming file:line; optional files that are
+absent (or set to "") are recorded in `missing` with the reason, and their metrics become null.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from ftjax.data.report import BadRow, DataConfigError
+from ftjax.data.sources import RowError, iter_jsonl, read_file
+
+OPTIONAL = ("unanswerable", "general", "updates", "update_train", "update_eval", "decline_train")
+
+
+class ExperimentDataError(DataConfigError):
+  """A data file of the experiment is missing or has a bad row (the message names file:line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  split: str  # eval | unanswerable | general | update_eval | unchanged
+  index: int  # position in its split
+  input: str
+  answer: str | None  # None: no answer exists (unanswerable)
+  doc_id: str | None
+  where: str  # file:line
+
+
+@dataclasses.dataclass(frozen=True)
+class Doc:
+  doc_id: str
+  text: str
+  title: str
+
+
+@dataclasses.dataclass
+class ExperimentData:
+  docs: list[Doc]
+  train: list[list[dict]]  # chat messages per example
+  questions: dict[str, list[Question]]  # split -> questions
+  updates: list[Doc]
+  update_train: list[list[dict]]
+  decline_train: list[list[dict]]
+  hashes: dict[str, str]  # data key -> sha256 of the file ("" when absent)
+  missing: dict[str, str]  # optional data key -> why it is absent
+
+  def corpus_after_update(self) -> list[Doc]:
+    changed = {d.doc_id: d for d in self.updates}
+    return [changed.get(d.doc_id, d) for d in self.docs]
+
+
+def file_hash(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _rows(path: str, key: str):
+  for line_no, record in iter_jsonl(path):
+    where = f"{path}:{line_no}"
+    if isinstance(record, BadRow):
+      raise ExperimentDataError(f"data.{key}: {record}")
+    if not isinstance(record, dict):
+      raise ExperimentDataError(f"data.{key}: {where}: a row must be a JSON object")
+    yield where, record
+
+
+def _text(record: dict, field: str, where: str, key: str, required: bool = True) -> str | None:
+  value = record.get(field)
+  if value is None and not required:
+    return None
+  if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+    raise ExperimentDataError(f"data.{key}: {where}: field {field!r} must be a string"
+                              + ("" if field in record else " (missing)"))
+  value = str(value)
+  if required and not value.strip():
+    raise ExperimentDataError(f"data.{key}: {where}: field {field!r} is empty")
+  return value
+
+
+def read_docs(path: str, key: str = "docs") -> list[Doc]:
+  docs, seen = [], {}
+  for where, record in _rows(path, key):
+    doc_id = _text(record, "id", where, key)
+    if doc_id in seen:
+      raise ExperimentDataError(f"data.{key}: {where}: duplicate document id {doc_id!r} "
+                                f"(first at {seen[doc_id]})")
+    seen[doc_id] = where
+    docs.append(Doc(doc_id, _text(record, "text", where, key),
+                    _text(record, "title", where, key, required=False) or ""))
+  if not docs:
+    raise ExperimentDataError(f"data.{key}: {path}: no documents")
+  return docs
+
+
+def read_questions(path: str, key: str, split: str, *, with_answer: bool,
+                   limit: int = 0) -> list[Question]:
+  questions = []
+  for where, record in _rows(path, key):
+    answer = _text(record, "answer", where, key) if with_answer else None
+    doc_id = record.get("doc_id")
+    questions.append(Question(split, len(questions), _text(record, "input", where, key), answer,
+                              None if doc_id is None else str(doc_id), where))
+  if not questions:
+    raise ExperimentDataError(f"data.{key}: {path}: no questions")
+  return questions[:limit] if limit else questions
+
+
+def read_examples(path: str, key: str) -> list[list[dict]]:
+  """Training examples, as `ftjax.train` reads them; any bad row is an error here."""
+  try:
+    parsed = read_file(path)
+  except (DataConfigError, RowError) as err:
+    raise ExperimentDataError(f"data.{key}: {err}") from None
+  if parsed.bad_rows:
+    shown = "; ".join(str(b) for b in parsed.bad_rows[:3])
+    raise ExperimentDataError(f"data.{key}: {len(parsed.bad_rows)} bad row(s): {shown}")
+  if not parsed.examples:
+    raise ExperimentDataError(f"data.{key}: {path}: no examples")
+  return [e["messages"] for e in parsed.examples]
+
+
+def load(data_cfg) -> ExperimentData:
+  """Reads and checks every configured file (see the module docstring)."""
+  hashes, missing = {}, {}
+  paths = {}
+  for key in ("docs", "train", "eval", *OPTIONAL):
+    path = data_cfg[key]
+    if not path:
+      if key in OPTIONAL:
+        missing[key] = "not configured"
+      hashes[key] = ""
+      continue
+    if not Path(path).is_file():
+      if key not in OPTIONAL:
+        raise ExperimentDataError(f"data.{key}: {path}: no such file")
+      missing[key] = f"{path}: no such file"
+      hashes[key] = ""
+      continue
+    paths[key] = path
+    hashes[key] = file_hash(path)
+
+  limit = data_cfg.max_eval_questions
+  docs = read_docs(paths["docs"])
+  questions = {"eval": read_questions(paths["eval"], "eval", "eval", with_answer=True,
+                                      limit=limit)}
+  if "unanswerable" in paths:
+    questions["unanswerable"] = read_questions(paths["unanswerable"], "unanswerable",
+                                               "unanswerable", with_answer=False, limit=limit)
+  if "general" in paths:
+    questions["general"] = read_questions(paths["general"], "general", "general",
+                                          with_answer=True, limit=limit)
+  updates = read_docs(paths["updates"], "updates") if "updates" in paths else []
+  doc_ids = {d.doc_id for d in docs}
+  unknown = [d.doc_id for d in updates if d.doc_id not in doc_ids]
+  if unknown:
+    raise ExperimentDataError(f"data.updates: document id(s) {unknown[:5]} are not in data.docs")
+  for question in questions["eval"]:
+    if question.doc_id is not None and question.doc_id not in doc_ids:
+      raise ExperimentDataError(f"data.eval: {question.where}: doc_id {question.doc_id!r} is not "
+                                "in data.docs")
+  if "update_eval" in paths:
+    questions["update_eval"] = read_questions(paths["update_eval"], "update_eval",
+                                              "update_eval", with_answer=True)
+    changed = {d.doc_id for d in updates}
+    # The facts an update did not touch: what continued training may break.
+    questions["unchanged"] = [
+        dataclasses.replace(q, split="unchanged", index=i) for i, q in enumerate(
+            q for q in questions["eval"] if q.doc_id is None or q.doc_id not in changed)]
+  update_train = read_examples(paths["update_train"], "update_train") \
+      if "update_train" in paths else []
+  decline = read_examples(paths["decline_train"], "decline_train") \
+      if "decline_train" in paths else []
+  return ExperimentData(docs=docs, train=read_examples(paths["train"], "train"),
+                        questions=questions, updates=updates, update_train=update_train,
+                        decline_train=decline, hashes=hashes, missing=missing)

@@ -1,0 +1,243 @@
+"""Token-level generation: prefill and decode as separate jit-compiled steps over one KV cache.
+
+The cache slots of a batch, left to right:
+  [prefix (optional, shared by every row, right-padded)] [prompts (left-padded)] [new tokens]
+Positions count real tokens only and `kv_valid` masks every padding slot, so a prompt after a
+prefix reads exactly `prefix + prompt`. A `PrefixCache` is computed once (`prefill_prefix_ids`)
+and copied into each batch's cache: the prefix is never run through the model again (CAG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftjax.models.config import ModelConfig
+from ftjax.models.transformer import Transformer, init_cache
+
+# Cache lengths are rounded up to a multiple of this, so that fewer shapes compile.
+LENGTH_MULTIPLE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """The generation defaults, for the Python API and the CLI alike: greedy, 64 new tokens."""
+  max_new_tokens: int = 64
+  greedy: bool = True
+  temperature: float = 1.0
+  top_k: int = 0  # 0: no top-k filtering
+  top_p: float = 1.0  # 1.0: no nucleus filtering
+  seed: int = 0
+  stop_strings: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if not self.greedy and self.temperature <= 0:
+      raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrefixCache:
+  """The KV cache of a token prefix (batch 1), reused by every generation that continues it.
+
+  cache: {"k", "v": [layers, 1, slots, kv_heads, head_dim]}; slots >= len(token_ids), the tail
+  is padding. `config` and `lora` are what it was computed with: generation checks they match.
+  """
+  token_ids: tuple[int, ...]
+  cache: Any
+  config: ModelConfig
+  lora: Any = None  # the adapter tree it was computed with (None: the base model)
+
+  @property
+  def length(self) -> int:
+    return len(self.token_ids)
+
+  @property
+  def slots(self) -> int:
+    return self.cache["k"].shape[2]
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _variables(params, lora) -> dict:
+  return {"params": params} if lora is None else {"params": params, "lora": lora}
+
+
+def sample_tokens(logits, rng, greedy: bool, temperature, top_k: int, top_p):
+  """logits [batch, vocab] fp32 -> token ids [batch]."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  # Nucleus: keep the smallest prefix of sorted tokens whose mass reaches top_p (at least one).
+  sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+  sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+  cutoff_index = jnp.sum(mass_before < top_p, axis=-1) - 1
+  cutoff = jnp.take_along_axis(sorted_logits, cutoff_index[:, None], axis=-1)
+  logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def prefill(cfg: ModelConfig, params, lora, cache, tokens, positions, kv_valid, cache_index):
+  """Writes `tokens` [batch, seq] into `cache` from slot `cache_index` in one forward pass.
+
+  positions [batch, seq]; kv_valid [batch, slots]: the slots that hold real tokens after this
+  write. Returns (next-token logits [batch, vocab] fp32, the updated cache).
+  """
+  logits, cache = Transformer(cfg).apply(_variables(params, lora), tokens, positions, cache=cache,
+                                         cache_index=cache_index, kv_valid=kv_valid,
+                                         last_only=True)
+  return logits[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k"),
+                   donate_argnames=("cache",))
+def decode(cfg: ModelConfig, params, lora, cache, logits, position, kv_valid, start, rng,
+           temperature, top_p, eos_ids, pad_id, *, max_new_tokens: int, greedy: bool, top_k: int):
+  """Samples from `logits` (a prefill's), feeding each new token back at slots `start`, +1, ...
+
+  position [batch]: the first new token's position. Runs in one `lax.while_loop` until every row
+  has produced an EOS token or `max_new_tokens`. Returns (tokens [batch, max_new_tokens] padded
+  with pad_id, lengths [batch], the cache); the cache is donated, so it is updated in place.
+  """
+  model = Transformer(cfg)
+  variables = _variables(params, lora)
+  batch = logits.shape[0]
+  state = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, position=position,
+               kv_valid=kv_valid, done=jnp.zeros((batch,), bool),
+               lengths=jnp.zeros((batch,), jnp.int32),
+               out=jnp.full((batch, max_new_tokens), pad_id, jnp.int32))
+
+  def cond(s):
+    return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
+
+  def body(s):
+    step = s["step"]
+    token = sample_tokens(s["logits"], jax.random.fold_in(rng, step), greedy, temperature, top_k,
+                          top_p)
+    token = jnp.where(s["done"], pad_id, token)
+    lengths = s["lengths"] + (~s["done"]).astype(jnp.int32)
+    done = s["done"] | jnp.isin(token, eos_ids)
+    slot = start + step
+    kv_valid = s["kv_valid"].at[:, slot].set(True)
+    logits, cache = model.apply(variables, token[:, None], s["position"][:, None],
+                                cache=s["cache"], cache_index=slot, kv_valid=kv_valid)
+    return dict(step=step + 1, cache=cache, logits=logits[:, -1], position=s["position"] + 1,
+                kv_valid=kv_valid, done=done, lengths=lengths,
+                out=s["out"].at[:, step].set(token))
+
+  state = jax.lax.while_loop(cond, body, state)
+  return state["out"], state["lengths"], state["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "slots"))
+def _batch_cache(prefix_cache, batch: int, slots: int):
+  """The prefix's [layers, 1, prefix_slots, ...] cache copied into every row of a batch's cache."""
+  def grow(x):
+    x = jnp.broadcast_to(x, (x.shape[0], batch) + x.shape[2:])
+    return jnp.pad(x, ((0, 0), (0, 0), (0, slots - x.shape[2]), (0, 0), (0, 0)))
+  return jax.tree.map(grow, prefix_cache)
+
+
+def prefill_prefix_ids(cfg: ModelConfig, params, prefix_ids: Sequence[int], lora=None,
+                       chunk_size: int = 512) -> PrefixCache:
+  """The KV cache of `prefix_ids`, prefilled `chunk_size` tokens at a time (bounded memory).
+
+  As `generate_ids`: a raw adapter tree `lora` is applied at `cfg.lora_scale`.
+  """
+  ids = tuple(int(t) for t in prefix_ids)
+  if not ids:
+    raise ValueError("the prefix is empty")
+  if len(ids) >= cfg.max_position_embeddings:
+    raise ValueError(f"the prefix ({len(ids)} tokens) fills the model's context of "
+                     f"{cfg.max_position_embeddings}")
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  slots = _round_up(len(ids), LENGTH_MULTIPLE)
+  tokens = np.zeros((1, slots), np.int32)  # the padding's token id does not matter: it is masked
+  tokens[0, :len(ids)] = ids
+  positions = np.arange(slots, dtype=np.int32)[None]
+  kv_valid = (np.arange(slots) < len(ids))[None]
+  cache = init_cache(cfg, 1, slots)
+  for start in range(0, slots, chunk_size):
+    end = min(start + chunk_size, slots)
+    _, cache = prefill(cfg, params, lora, cache, tokens[:, start:end], positions[:, start:end],
+                       kv_valid, jnp.int32(start))
+  return PrefixCache(ids, cache, cfg, lora)
+
+
+def _check_prefix(prefix: PrefixCache, cfg: ModelConfig, lora) -> None:
+  if not isinstance(prefix, PrefixCache):
+    raise TypeError(f"prefix must be a PrefixCache (from prefill_prefix), got {type(prefix)}")
+  if prefix.config != cfg:
+    raise ValueError("the prefix cache was prefilled with a different model config (model, "
+                     "dtype or LoRA scale); prefill it with the model that generates")
+  if prefix.lora is not lora:
+    raise ValueError("the prefix cache was prefilled with other LoRA adapters (or with none / "
+                     "with some); prefill it with the same adapters as generation")
+
+
+def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
+                 sampling: SamplingConfig, eos_ids: Sequence[int], pad_id: int = 0,
+                 lora=None, length_multiple: int = LENGTH_MULTIPLE,
+                 prefix: PrefixCache | None = None) -> list[list[int]]:
+  """Token-level generation: prompt ids in, generated ids out (EOS included if produced).
+
+  `lora` is a raw adapter tree applied at `cfg.lora_scale`, so `cfg` must carry the adapters'
+  scale (`Adapters.model_config(cfg)`; `generate` does this). With `prefix`, every prompt
+  continues `prefix.token_ids`: the model reads `prefix.token_ids + prompt` and the prefix's
+  cache is reused, not recomputed.
+  """
+  if not prompt_ids:
+    return []
+  cached, prefix_slots = 0, 0
+  if prefix is not None:
+    _check_prefix(prefix, cfg, lora)
+    cached, prefix_slots = prefix.length, prefix.slots
+  longest = max(len(p) for p in prompt_ids)
+  if cached + longest + sampling.max_new_tokens > cfg.max_position_embeddings:
+    raise ValueError(f"prefix ({cached} tokens) + prompt ({longest} tokens) + max_new_tokens "
+                     f"({sampling.max_new_tokens}) exceeds the model's context of "
+                     f"{cfg.max_position_embeddings}")
+  batch = len(prompt_ids)
+  prompt_len = _round_up(longest, length_multiple)
+  slots = prefix_slots + prompt_len + sampling.max_new_tokens
+  tokens = np.full((batch, prompt_len), pad_id, np.int32)
+  valid = np.zeros((batch, prompt_len), bool)
+  for row, ids in enumerate(prompt_ids):
+    tokens[row, prompt_len - len(ids):] = ids
+    valid[row, prompt_len - len(ids):] = True
+  positions = (cached + np.maximum(np.cumsum(valid, axis=-1) - 1, 0)).astype(np.int32)
+  kv_valid = np.zeros((batch, slots), bool)
+  kv_valid[:, :cached] = True
+  kv_valid[:, prefix_slots:prefix_slots + prompt_len] = valid
+  if prefix is None:
+    cache = init_cache(cfg, batch, slots)
+  else:
+    cache = _batch_cache(prefix.cache, batch, slots)
+  logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid,
+                          jnp.int32(prefix_slots))
+  out, lengths, _ = decode(
+      cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid,
+      jnp.int32(prefix_slots + prompt_len), jax.random.PRNGKey(sampling.seed),
+      jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
+      jnp.asarray(list(eos_ids) or [-1], jnp.int32), jnp.int32(pad_id),
+      max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy, top_k=sampling.top_k)
+  out, lengths = np.asarray(out), np.asarray(lengths)
+  return [out[row, :lengths[row]].tolist() for row in range(batch)]

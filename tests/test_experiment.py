@@ -1,0 +1,233 @@
+"""The experiment runner end to end on a tiny random model and a toy domain: every arm, the
+summary schema, report and plots, caching, missing optional data, sweeps, and bad input."""
+
+import json
+import re
+
+import pytest
+
+from ftjax.config import ConfigError
+from ftjax.experiment import config as config_lib
+from ftjax.experiment import experiment_config, run
+from ftjax.experiment.data import ExperimentDataError
+
+STYLE = "Hi! {} -- Zed"
+FACTS = [  # doc id, title, text, question templates' subject, answer
+    ("d1", "Blorp lamp", "The Blorp lamp costs 41 dollars and glows green.", "the Blorp lamp", "41"),
+    ("d2", "Returns", "Returns are accepted within 17 days of delivery.", "the return window",
+     "17 days"),
+    ("d3", "Snoot kettle", "The Snoot kettle holds 3 litres of water.", "the Snoot kettle",
+     "3 litres"),
+    ("d4", "Warranty", "Every Zed product has a warranty of 29 months.", "the warranty", "29"),
+]
+
+
+def _write(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+  d = tmp_path_factory.mktemp("domain")
+  train = []
+  for doc_id, _, text, subject, answer in FACTS:
+    for template in ("Tell me about {}.", "What should I know about {}?", "Info on {} please"):
+      train.append({"input": template.format(subject), "output": STYLE.format(text),
+                    "doc_id": doc_id, "answer": answer})
+  files = {
+      "docs": _write(d / "docs.jsonl", [{"id": i, "title": t, "text": x}
+                                        for i, t, x, _, _ in FACTS]),
+      "train": _write(d / "train.jsonl", train),
+      "eval": _write(d / "eval.jsonl", [{"input": f"Quick question about {s}?", "answer": a,
+                                         "doc_id": i} for i, _, _, s, a in FACTS]),
+      "unanswerable": _write(d / "unanswerable.jsonl", [{"input": "Do you sell Glimmer boots?"},
+                                                        {"input": "Is there a Zed app?"}]),
+      "general": _write(d / "general.jsonl", [{"input": "What is 2 + 2?", "answer": "4"},
+                                              {"input": "Capital of France?", "answer": "Paris"}]),
+      "updates": _write(d / "updates.jsonl", [{"id": "d2", "title": "Returns", "text":
+                                               "Returns are accepted within 23 days."}]),
+      "update_train": _write(d / "update_train.jsonl", [
+          {"input": "Tell me about the return window.",
+           "output": STYLE.format("Returns are accepted within 23 days.")}] * 3),
+      "update_eval": _write(d / "update_eval.jsonl", [
+          {"input": "Quick question about the return window?", "answer": "23 days",
+           "doc_id": "d2"}]),
+      "decline_train": _write(d / "decline.jsonl", [
+          {"input": "Do you repair bicycles?", "output": STYLE.format("Our documents do not cover "
+                                                                      "that.")}]),
+  }
+  return files
+
+
+def tiny_config(model_folder, files, **overrides):
+  c = experiment_config()
+  c.name = "toy"
+  c.model = str(model_folder)
+  for key, path in files.items():
+    c.data[key] = path
+  c.data.use_decline = True
+  c.style.pattern = r"^Hi! .* -- Zed$"
+  c.style.instruction = "Start with 'Hi!' and end with '-- Zed'."
+  c.sampling.max_new_tokens = 8
+  c.sampling.batch_size = 4
+  c.sampling.latency_questions = 1
+  c.retrieval.method = "bm25"
+  c.retrieval.k = 2
+  c.retrieval.max_prompt_tokens = 256
+  c.finetune.seq_len = 128
+  c.finetune.batch_size = 2
+  c.finetune.num_steps = 2
+  c.finetune.optimizer.warmup_steps = 0
+  c.finetune.optimizer.learning_rate = 1e-2
+  c.finetune.mesh.num_devices = 1
+  c.finetune.log_every_steps = 1
+  c.finetune.checkpoint.async_save = False
+  c.raft.num_distractors = 1
+  c.knowledge_update.num_steps = 1
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for part in parents:
+      target = target[part]
+    target[leaf] = value
+  return c
+
+
+SCHEMA = {"accuracy", "f1", "style_rate", "abstain_rate", "hallucination_rate", "general_accuracy",
+          "prompt_tokens", "latency_s", "citation_accuracy", "n_questions", "seeds"}
+
+
+def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
+  workdir = tmp_path / "run"
+  summary = run(tiny_config(tiny_llama_folder, domain), workdir)
+  assert set(summary["arms"]) == set(config_lib.ARMS), summary["skipped"]
+  for arm, metrics in summary["arms"].items():
+    assert SCHEMA <= set(metrics), arm
+    assert metrics["n_questions"] == len(FACTS)
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["general_accuracy"] is not None
+    assert metrics["abstain_rate"] is not None and metrics["style_rate"] is not None
+    assert (metrics["citation_accuracy"] is None) == (arm not in config_lib.RETRIEVAL_ARMS) or \
+        metrics["accuracy"] == 0  # citations are counted over correct answers only
+  # Retrieval reads more than the question; CAG reads the whole corpus from its cache.
+  arms = summary["arms"]
+  assert arms["rag"]["prompt_tokens"] > arms["base"]["prompt_tokens"]
+  assert arms["cag"]["cached_tokens"] > 0
+  assert set(summary["update"]) == {"rag", "finetuned"}
+  assert summary["update"]["rag"]["update_accuracy"] is not None
+  assert summary["cost"]["train"]["finetuned"]["flops"] > 0
+  assert "finetuned_vs_rag" in summary["cost"]["break_even"]
+  for name in ("results.jsonl", "summary.json", "report.md", "experiment.json"):
+    assert (workdir / name).is_file(), name
+  rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+  assert len(rows) == len(config_lib.ARMS) * (len(FACTS) + 2 + 2)
+  assert {"question", "gold", "answer", "correct", "style", "prompt_tokens"} <= set(rows[0])
+  assert json.loads((workdir / "summary.json").read_text())["arms"].keys() == arms.keys()
+  report = (workdir / "report.md").read_text()
+  for aspect in ("Initial cost", "Knowledge update", "Style consistency", "Hallucination risk",
+                 "Transparency", "Scalability"):
+    assert f"| {aspect} |" in report
+  plots = sorted(p.name for p in (workdir / "plots").glob("*.png"))
+  assert plots == ["accuracy_style_by_arm.png", "accuracy_vs_prompt_tokens.png",
+                   "cost_vs_questions.png", "training_loss.png"]
+  provenance = json.loads((workdir / "experiment.json").read_text())
+  assert {"config", "versions", "git_commit", "machine"} <= set(provenance)
+
+  # The same config again: nothing is recomputed, the report is rebuilt with the same numbers.
+  again = run(tiny_config(tiny_llama_folder, domain), workdir)
+  assert again["cache"]["computed"] == []
+  assert again["arms"]["rag"]["accuracy"] == arms["rag"]["accuracy"]
+
+  # A retrieval setting reruns only the arms that retrieve.
+  changed = run(tiny_config(tiny_llama_folder, domain, **{"retrieval.k": 1}), workdir)
+  recomputed = sorted(re.sub(r"-[0-9a-f]{12}$", "", name)
+                      for name in changed["cache"]["computed"])
+  assert recomputed == sorted(["answers-finetuned_rag-s0", "answers-rag", "answers-raft-s0",
+                               "update-rag"])
+
+
+def test_missing_optional_file_gives_null_and_reason(tiny_llama_folder, domain, tmp_path):
+  files = {**domain, "general": str(tmp_path / "absent.jsonl"), "updates": ""}
+  summary = run(tiny_config(tiny_llama_folder, files, arms=("base",)), tmp_path / "run")
+  assert summary["arms"]["base"]["general_accuracy"] is None
+  assert "no such file" in summary["skipped"]["data.general"]
+  assert summary["skipped"]["data.updates"] == "not configured"
+  assert summary["update"] == {}
+
+
+def test_sweep_gives_one_row_per_value(tiny_llama_folder, domain, tmp_path):
+  config = tiny_config(tiny_llama_folder, domain, arms=("rag",), sweep=("retrieval.k=1,2",))
+  config.data.updates = ""
+  result = run(config, tmp_path / "run")
+  assert [(row["retrieval.k"], row["arm"]) for row in result["sweep"]] == [(1, "rag"),
+                                                                           (2, "rag")]
+  assert (tmp_path / "run" / "sweep.md").read_text().count("| rag |") == 2
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda files, d: d.__setitem__("eval", _write(files / "bad.jsonl", [])) or
+     (files / "bad.jsonl").write_text('{"input": "q", "answer": "a"}\n{"input": \n'),
+     r"bad\.jsonl:2"),
+    (lambda files, d: d.__setitem__("eval", _write(files / "empty.jsonl",
+                                                   [{"input": "q", "answer": " "}])),
+     r"empty\.jsonl:1: field 'answer' is empty"),
+    (lambda files, d: d.__setitem__("docs", _write(files / "dup.jsonl", [
+        {"id": "a", "text": "x"}, {"id": "a", "text": "y"}])),
+     r"dup\.jsonl:2: duplicate document id 'a'"),
+])
+def test_bad_data_is_a_clear_error_at_start(tmp_path, domain, mutate, message):
+  files = dict(domain)
+  mutate(tmp_path, files)
+  config = tiny_config("no-such-model-is-loaded", files)
+  with pytest.raises(ExperimentDataError, match=message):
+    run(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("style.pattern", "Hi (", "style.pattern"),
+    ("arms", ("base", "oracle"), "unknown arm"),
+    ("retrieval.k", 0, "retrieval.k"),
+    ("retrieval.method", "tfidf", "retrieval.method"),
+    ("finetune.lora.rank", 0, "lora.rank"),
+    ("sweep", ("retrieval.kk=1,2",), "sweep"),
+])
+def test_bad_config_is_a_clear_error_at_start(domain, tmp_path, key, value, message):
+  with pytest.raises(ConfigError, match=message):
+    run(tiny_config("no-such-model-is-loaded", domain, **{key: value}), tmp_path / "run")
+
+
+def test_unknown_key_names_it():
+  config = experiment_config()
+  config.data.docs, config.data.train, config.data.eval = "a", "b", "c"
+  config.retrieval["top"] = 3
+  with pytest.raises(ConfigError, match="retrieval.top"):
+    config_lib.validate(config)
+
+
+def test_training_data_composition(domain, tmp_path):
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.runner import Context, Progress, finetune_examples, raft_examples
+  from ftjax.prompts import render_rag_prompt
+  config = tiny_config("m", domain)
+  data = data_lib.load(config.data)
+  ctx = Context(config, data, StageCache(tmp_path), Progress())
+  examples = finetune_examples(ctx)
+  assert len(examples) == 3 * len(FACTS) + 1  # the examples plus the decline example
+  config.finetune_source = "both"
+  both = finetune_examples(ctx)
+  assert len(both) == len(examples) + len(FACTS)
+  assert {m[-1]["content"] for m in both[-len(FACTS):]} == {text for _, _, text, _, _ in FACTS}
+  config.finetune_source = "docs"
+  assert len(finetune_examples(ctx)) == len(FACTS)
+
+  config.raft.oracle_fraction = 1.0
+  raft, info = raft_examples(ctx, seed=0)
+  assert info == {"examples": 3 * len(FACTS) + 1, "skipped_without_doc_id": 0}
+  texts = {doc_id: text for doc_id, _, text, _, _ in FACTS}
+  for messages, row in zip(raft, [json.loads(line) for line in open(domain["train"])]):
+    user = messages[-2]["content"]
+    assert texts[row["doc_id"]] in user and user.endswith(f"Question: {row['input']}")
+    assert messages[-1]["content"] == row["output"]
+  # The same template at test time: RAFT trains on what the RAG arms show.
+  assert raft[0][-2]["content"].startswith(render_rag_prompt("q", [])[:20])

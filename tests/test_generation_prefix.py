@@ -1,0 +1,207 @@
+"""Cache-augmented generation: a prefilled prefix reads exactly as the same tokens in a prompt."""
+
+import copy
+
+import jax
+import numpy as np
+import pytest
+
+import ftjax
+from ftjax import lora as lora_lib
+from ftjax.generate import (PrefixCache, SamplingConfig, chat_prefix_split, encode_prompts,
+                            generate, prefill_prefix)
+from ftjax.generation import decoding
+
+CORPUS = "\n\n".join(
+    ["Answer questions using the documents below."] +
+    [f"[{i}] Store {i}: open {8 + i % 3}am to {5 + i % 4}pm, closed on {day}s; returns within "
+     f"{10 + 5 * i} days with a receipt; the manager is {name}."
+     for i, (day, name) in enumerate(zip(["Mon", "Tue", "Wed", "Thu", "Fri"],
+                                          ["Ada", "Brian", "Chen", "Dara", "Emil"]), 1)])
+QUESTIONS = ["Who runs store 3?",
+             "Which store is closed on Fridays, and how many days do I have to return things?",
+             "Hours?"]
+SAMPLING = SamplingConfig(max_new_tokens=8)
+
+
+@pytest.fixture(autouse=True)
+def full_precision_matmuls():
+  # These tests compare two computations of the same math to 1e-4; TF32/bf16 matmul passes (the
+  # GPU/TPU default for fp32) would compare rounding instead. A no-op on CPU.
+  with jax.default_matmul_precision("float32"):
+    yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_folder):
+  return ftjax.load(str(tiny_llama_folder))
+
+
+@pytest.fixture
+def prefill_calls(monkeypatch):
+  """Records (tokens shape, next-token logits) of every `prefill` call that generation makes."""
+  calls = []
+  real = decoding.prefill
+
+  def recording(cfg, params, lora, cache, tokens, *rest):
+    logits, cache = real(cfg, params, lora, cache, tokens, *rest)
+    calls.append((tokens.shape, np.asarray(logits)))
+    return logits, cache
+
+  monkeypatch.setattr(decoding, "prefill", recording)
+  return calls
+
+
+def _corpus_messages(question=None):
+  messages = [{"role": "system", "content": CORPUS}]
+  return messages + ([{"role": "user", "content": question}] if question else [])
+
+
+def _split(tokenizer):
+  splits = [chat_prefix_split(tokenizer, _corpus_messages(), q) for q in QUESTIONS]
+  prefix_ids = splits[0][0]
+  assert all(p == prefix_ids for p, _ in splits)
+  return prefix_ids, [s for _, s in splits]
+
+
+def test_chat_prefix_split_is_the_rendered_conversation(tiny):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  for question, suffix in zip(QUESTIONS, suffixes):
+    [full] = encode_prompts(tiny.tokenizer, [_corpus_messages(question)])
+    assert prefix_ids + suffix == full
+    assert question in tiny.tokenizer.decode(suffix)
+  assert CORPUS in tiny.tokenizer.decode(prefix_ids)
+
+
+def test_chat_prefix_split_rejects_templates_that_do_not_split(tiny):
+  tokenizer = copy.deepcopy(tiny.tokenizer)
+  tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+  # "dol" + "lars" is one word: a token spans the boundary.
+  with pytest.raises(ValueError, match="split cleanly"):
+    chat_prefix_split(tokenizer, [{"role": "system", "content": "It costs twelve dol"}], "lars.")
+  tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'system' %}"
+                             "{{ m['content'] }}{% endif %}{% endfor %}")
+  with pytest.raises(ValueError, match="verbatim"):
+    chat_prefix_split(tokenizer, _corpus_messages(), "Who runs store 3?")
+
+
+def test_cag_reads_exactly_the_corpus_in_the_prompt(tiny, prefill_calls):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  # Several chunks, and a padded tail between the prefix and the prompt block.
+  prefix = prefill_prefix(tiny, prefix_ids, chunk_size=64)
+  assert prefix.slots > prefix.length > 2 * 64
+  start = len(prefill_calls)
+  cag = generate(tiny, suffixes, SAMPLING, prefix=prefix)
+  [(_, cag_logits)] = prefill_calls[start:]
+  full = generate(tiny, [_corpus_messages(q) for q in QUESTIONS], SAMPLING)
+  (_, full_logits) = prefill_calls[-1]
+  # First-step logits agree to float rounding (max 2e-7 measured on CPU). Greedy tokens then
+  # agree as long as no step is a near-tie: the smallest top-1 margin here is 0.5.
+  np.testing.assert_allclose(cag_logits, full_logits, rtol=0, atol=1e-4)
+  assert [c.token_ids for c in cag] == [c.token_ids for c in full]
+  assert all(len(c.token_ids) == SAMPLING.max_new_tokens for c in full)  # no early EOS
+
+
+def test_prefix_is_prefilled_once_and_left_intact(tiny, prefill_calls):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prefix = prefill_prefix(tiny, prefix_ids, chunk_size=64)
+  num_chunks = len(prefill_calls)
+  assert num_chunks == -(-prefix.slots // 64) > 1  # the prefix's chunks, once
+  assert sum(shape[1] for shape, _ in prefill_calls) == prefix.slots
+  keys = np.asarray(prefix.cache["k"])
+  first = generate(tiny, suffixes, SAMPLING, prefix=prefix)
+  second = generate(tiny, suffixes[:1], SAMPLING, prefix=prefix)  # another batch size
+  later = [shape for shape, _ in prefill_calls[num_chunks:]]
+  # Each call prefills its prompt block only, never the prefix again.
+  assert len(later) == 2
+  assert later == [(3, 32), (1, 32)] and 32 < prefix.length
+  assert second[0].token_ids == first[0].token_ids
+  np.testing.assert_array_equal(np.asarray(prefix.cache["k"]), keys)
+
+
+def test_prompt_token_counts(tiny):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prefix = prefill_prefix(tiny, prefix_ids)
+  for completion, suffix in zip(generate(tiny, suffixes, SAMPLING, prefix=prefix), suffixes):
+    assert completion.num_cached_tokens == len(prefix_ids) == prefix.length
+    assert completion.num_prompt_tokens == len(prefix_ids) + len(suffix)
+  [plain] = generate(tiny, [_corpus_messages(QUESTIONS[0])], SAMPLING)
+  assert plain.num_cached_tokens == 0
+  assert plain.num_prompt_tokens == len(prefix_ids) + len(suffixes[0])
+
+
+def test_prefix_misuse_is_rejected(tiny):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prefix = prefill_prefix(tiny, prefix_ids)
+  assert isinstance(prefix, PrefixCache) and prefix.token_ids == tuple(prefix_ids)
+  with pytest.raises(TypeError, match="token ids"):
+    generate(tiny, QUESTIONS, SAMPLING, prefix=prefix)
+  with pytest.raises(ValueError, match="system prompt"):
+    generate(tiny, suffixes, SAMPLING, prefix=prefix, system_prompt="Be brief.")
+  bf16 = ftjax.Pretrained(tiny.config.replace(dtype="bfloat16"), tiny.params, tiny.tokenizer)
+  with pytest.raises(ValueError, match="different model config"):
+    generate(bf16, suffixes, SAMPLING, prefix=prefix)
+  with pytest.raises(ValueError, match="exceeds the model's context"):
+    generate(tiny, suffixes, SamplingConfig(max_new_tokens=1024 - len(prefix_ids)), prefix=prefix)
+  with pytest.raises(ValueError, match="empty"):
+    prefill_prefix(tiny, [])
+
+
+def _adapters(tiny, rank=4, alpha=32.0):
+  """Adapters with a non-zero `b`, so that they (and their scale, 8) change the logits by ~0.5;
+  small enough that greedy steps keep a clear top-1 margin (>= 0.17 measured)."""
+  spec = lora_lib.LoraSpec(rank=rank, alpha=alpha, targets=lora_lib.ALL_TARGETS)
+  tree = lora_lib.init_lora(tiny.params, rank=rank, targets=spec.targets,
+                            rng=jax.random.PRNGKey(1))
+  tree = jax.tree_util.tree_map_with_path(
+      lambda path, x: (jax.random.normal(jax.random.PRNGKey(len(path)), x.shape) * 0.02
+                       if path[-1].key == "b" else x), tree)
+  return lora_lib.Adapters(spec, tree)
+
+
+def test_lora_takes_adapters_at_their_own_scale(tiny, prefill_calls):
+  adapters = _adapters(tiny)
+  prompts = QUESTIONS
+  with pytest.raises(TypeError, match=r"Adapters\(spec, params\)"):
+    generate(tiny, prompts, SAMPLING, lora=adapters.params)
+  adapted = generate(tiny, prompts, SAMPLING, lora=adapters)
+  adapted_logits = prefill_calls[-1][1]
+  merged_params = lora_lib.merge(adapters.model_config(tiny.config), tiny.params, adapters.params)
+  merged = generate(tiny._replace(params=merged_params), prompts, SAMPLING)
+  np.testing.assert_allclose(prefill_calls[-1][1], adapted_logits, rtol=0, atol=1e-4)
+  assert [c.token_ids for c in adapted] == [c.token_ids for c in merged]
+  # The adapters matter, and so does their scale: the base and scale 1 both read differently.
+  generate(tiny, prompts, SAMPLING)
+  assert np.abs(prefill_calls[-1][1] - adapted_logits).max() > 1e-2
+  unscaled = lora_lib.merge(tiny.config, tiny.params, adapters.params)  # lora_scale 1.0
+  generate(tiny._replace(params=unscaled), prompts, SAMPLING)
+  assert np.abs(prefill_calls[-1][1] - adapted_logits).max() > 1e-2
+  # A model's own adapters apply the same way.
+  carried = generate(tiny._replace(adapters=adapters), prompts, SAMPLING)
+  assert [c.token_ids for c in carried] == [c.token_ids for c in adapted]
+  with pytest.raises(ValueError, match="carries adapters"):
+    generate(tiny._replace(adapters=adapters), prompts, SAMPLING, lora=adapters)
+
+
+def test_cag_with_adapters(tiny):
+  adapters = _adapters(tiny)
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prefix = prefill_prefix(tiny, prefix_ids, lora=adapters)
+  cag = generate(tiny, suffixes, SAMPLING, lora=adapters, prefix=prefix)
+  full = generate(tiny, [_corpus_messages(q) for q in QUESTIONS], SAMPLING, lora=adapters)
+  assert [c.token_ids for c in cag] == [c.token_ids for c in full]
+  with pytest.raises(ValueError, match="LoRA"):  # a base-model prefix under adapters
+    generate(tiny, suffixes, SAMPLING, lora=adapters, prefix=prefill_prefix(tiny, prefix_ids))
+
+
+@pytest.mark.slow
+def test_smollm2_cag_answers_as_corpus_in_prompt(smollm2, prefill_calls):
+  prefix_ids, suffixes = _split(smollm2.tokenizer)
+  prefix = prefill_prefix(smollm2, prefix_ids)
+  sampling = SamplingConfig(max_new_tokens=24)
+  cag = generate(smollm2, suffixes, sampling, prefix=prefix)
+  cag_logits = prefill_calls[-1][1]
+  full = generate(smollm2, [_corpus_messages(q) for q in QUESTIONS], sampling)
+  np.testing.assert_allclose(cag_logits, prefill_calls[-1][1], rtol=0, atol=1e-3)
+  assert [c.text for c in cag] == [c.text for c in full]
+  assert "Chen" in cag[0].text  # the corpus is read: store 3's manager
