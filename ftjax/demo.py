@@ -5,9 +5,12 @@ Runs configs/experiments/support.py on SmolLM2-135M-Instruct and MiniLM into `ru
 report is. A second run reuses every cached stage and only rebuilds the report.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (data pipeline) start-up chatter
 
 ROOT = Path(__file__).resolve().parent.parent
 

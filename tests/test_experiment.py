@@ -231,3 +231,21 @@ def test_training_data_composition(domain, tmp_path):
     assert messages[-1]["content"] == row["output"]
   # The same template at test time: RAFT trains on what the RAG arms show.
   assert raft[0][-2]["content"].startswith(render_rag_prompt("q", [])[:20])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.retrieval.kk=3", "error: config key retrieval.kk: not an experiment config key"),
+    ("--config.data.docs=/no/such/docs.jsonl", "error: data.docs: /no/such/docs.jsonl: no such file"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, override, message):
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(__file__).resolve().parent.parent
+  result = subprocess.run([sys.executable, "-m", "ftjax.experiment", "--config",
+                           str(root / "configs/experiments/support.py"), "--workdir",
+                           str(tmp_path / "run"), override], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "Traceback" not in result.stderr

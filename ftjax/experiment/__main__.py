@@ -1,6 +1,9 @@
 """python -m ftjax.experiment --config configs/experiments/NAME.py --workdir DIR [--config.KEY=V]"""
 
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (data pipeline) start-up chatter
 
 
 def _user_errors():
@@ -34,7 +37,17 @@ def main(argv=None):
       sys.exit(2)
     report.print_summary(flags.FLAGS.workdir, summary)
 
-  app.run(_main, argv=argv)
+  def parse(argv):
+    try:  # overrides of keys that do not exist fail inside absl: one clear line instead
+      return flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error) as err:
+      key = next((a.split("=")[0][len("--config."):] for a in argv[1:]
+                  if a.startswith("--config.") and str(err).strip("'\"") in a), None)
+      print(f"error: config key {key}: not an experiment config key ({err})" if key else
+            f"error: {err}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(_main, argv=argv, flags_parser=parse)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.data.update_eval = ""  # optional {"input", "answer", "doc_id"}: questions on changed facts
   c.data.decline_train = ""  # optional: examples that decline politely (used if use_decline)
   c.data.use_decline = False
-  c.data.max_eval_questions = 0  # 0: all; n: the first n of each question file (quick runs)
+  c.data.max_eval_questions = 0  # 0: all; n: a fixed random n of each question file (seed 0)
 
   c.style = ml_collections.ConfigDict()
   c.style.pattern = ""  # regex the house style matches (re.search); "": style_rate is null
@@ -96,9 +96,11 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.raft.num_distractors = 2
   c.raft.oracle_fraction = 0.8
   c.raft.num_steps = 0  # 0: finetune.num_steps
+  c.raft.max_examples = 0  # 0: one per training example; n: a seeded random n of them
 
   c.knowledge_update = ml_collections.ConfigDict()
   c.knowledge_update.num_steps = 10  # continued training of the fine-tuned model on update_train
+  c.knowledge_update.max_unchanged = 0  # unchanged facts asked after the update; 0: all
 
   c.cost = ml_collections.ConfigDict()
   c.cost.price_per_device_hour = 0.10  # money per device-hour (this machine's kind)
@@ -151,7 +153,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if value < low:
       raise ConfigError(f"config key {key}: must be >= {low}, got {value}")
   for key in ("prompt.num_few_shot", "sampling.latency_questions", "data.max_eval_questions",
-              "finetune_doc_paraphrases", "raft.num_distractors", "raft.num_steps"):
+              "finetune_doc_paraphrases", "raft.num_distractors", "raft.num_steps",
+              "raft.max_examples", "knowledge_update.max_unchanged"):
     group, leaf = key.split(".") if "." in key else (None, key)
     value = config[group][leaf] if group else config[leaf]
     if value < 0:
@@ -201,6 +204,8 @@ def training_config(config: ml_collections.ConfigDict, *, train_file: str, seed:
     train_cfg.init_from = init_from
   if num_steps:
     train_cfg.num_steps = num_steps
+    # A short continuation (a knowledge update) should not spend its steps warming up.
+    train_cfg.optimizer.warmup_steps = min(train_cfg.optimizer.warmup_steps, num_steps // 4)
   try:
     return validate_training(train_cfg)
   except ConfigError as err:

@@ -3,7 +3,8 @@
 FLOPs are counted, not measured: training as `ftjax.training.metrics.flops_per_token` (6N, or
 4N for LoRA, plus attention) times the tokens trained; inference as 2N per token read or
 generated plus attention over the context, where tokens read from a prefilled cache (CAG) cost
-attention only. Seconds are measured on this machine: a stage's wall time including compilation.
+attention only. Seconds are measured on this machine: training and indexing as a stage's wall time including
+compilation; answering as the median full batch's time per question (compilation excluded).
 The break-even number of questions is the upfront difference divided by the per-question saving:
 after that many questions the fine-tuned model's shorter prompts have paid for its training.
 """
@@ -82,7 +83,11 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
 
   for arm, metrics in arms.items():
     per_seed = [v for k, v in stages.items() if k.split("/")[0] == arm and "seconds" in v]
-    seconds = sum(v["seconds"] for v in per_seed) / max(sum(v["questions"] for v in per_seed), 1)
+    batches = sorted(t for v in per_seed for t in v.get("seconds_per_question_by_batch", []))
+    if batches:  # the median batch: throughput without the compilations
+      seconds = batches[len(batches) // 2]
+    else:
+      seconds = sum(v["seconds"] for v in per_seed) / max(sum(v["questions"] for v in per_seed), 1)
     prompt = metrics["prompt_tokens"] or 0.0
     new = metrics["new_tokens"] or 0.0
     cached = metrics.get("cached_tokens") or 0.0

@@ -110,7 +110,18 @@ def read_questions(path: str, key: str, split: str, *, with_answer: bool,
                               None if doc_id is None else str(doc_id), where))
   if not questions:
     raise ExperimentDataError(f"data.{key}: {path}: no questions")
-  return questions[:limit] if limit else questions
+  return subsample(questions, limit)
+
+
+def subsample(items: list, limit: int, seed: int = 0) -> list:
+  """A fixed random `limit` of `items` in their file order (all of them if limit is 0): the
+  same questions for every run and arm, whatever the experiment seed."""
+  if not limit or limit >= len(items):
+    return items
+  import random
+  keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+  return [dataclasses.replace(items[i], index=n) if isinstance(items[i], Question) else items[i]
+          for n, i in enumerate(keep)]
 
 
 def read_examples(path: str, key: str) -> list[list[dict]]:
@@ -127,7 +138,7 @@ def read_examples(path: str, key: str) -> list[list[dict]]:
   return [e["messages"] for e in parsed.examples]
 
 
-def load(data_cfg) -> ExperimentData:
+def load(data_cfg, max_unchanged: int = 0) -> ExperimentData:
   """Reads and checks every configured file (see the module docstring)."""
   hashes, missing = {}, {}
   paths = {}
@@ -171,9 +182,10 @@ def load(data_cfg) -> ExperimentData:
                                               "update_eval", with_answer=True)
     changed = {d.doc_id for d in updates}
     # The facts an update did not touch: what continued training may break.
-    questions["unchanged"] = [
+    questions["unchanged"] = subsample([
         dataclasses.replace(q, split="unchanged", index=i) for i, q in enumerate(
-            q for q in questions["eval"] if q.doc_id is None or q.doc_id not in changed)]
+            q for q in questions["eval"] if q.doc_id is None or q.doc_id not in changed)],
+        max_unchanged)
   update_train = read_examples(paths["update_train"], "update_train") \
       if "update_train" in paths else []
   decline = read_examples(paths["decline_train"], "decline_train") \

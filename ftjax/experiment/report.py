@@ -76,6 +76,14 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
       return "not measured (an arm is off or data is missing)"
     return text_agree if agrees else "**disagrees with the article**: " + text_disagree
 
+  def compare(ft_value, rag_value, ft_better: bool, text_agree, text_disagree, extra=""):
+    """The article's direction holds (ft_better: fine-tuning should be ahead), fails, or ties."""
+    if ft_value is None or rag_value is None:
+      return note(None, "", "")
+    if ft_value == rag_value:
+      return f"no difference measured ({_pct(ft_value)} both){extra}"
+    return note((ft_value > rag_value) == ft_better, text_agree + extra, text_disagree + extra)
+
   if train and index:
     rows.append(("Initial cost",
                  f"{_sci(train['flops'])} FLOPs, {train['seconds']:.0f} s, "
@@ -116,32 +124,28 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     return (f"{label} {_with_std(ft, key, fmt)}" if ft else "n/a",
             f"{label} {_with_std(rag, key, fmt)}" if rag else "n/a")
 
-  def both(key):
-    return ft is not None and rag is not None and ft.get(key) is not None and \
-        rag.get(key) is not None
-
   a, b = pair("accuracy", "accuracy")
   extra = "; ".join(f"{arm} {_pct(arms[arm]['accuracy'])}" for arm in
                     ("finetuned_rag", "raft", "cag", "base") if arm in arms)
   rows.append(("Quality in specialization", a, b,
-               note(ft["accuracy"] >= rag["accuracy"] if both("accuracy") else None,
-                    f"fine-tuned at least as accurate as RAG ({extra})",
-                    f"RAG was more accurate on held-out domain questions ({extra})")))
+               compare(ft and ft["accuracy"], rag and rag["accuracy"], True,
+                       "fine-tuned more accurate than RAG",
+                       "RAG was more accurate on held-out domain questions", f" ({extra})")))
   a, b = pair("general_accuracy", "general-knowledge accuracy")
   base_general = arms.get("base", {}).get("general_accuracy")
   rows.append(("Flexibility", a, b,
-               note(ft["general_accuracy"] <= rag["general_accuracy"]
-                    if both("general_accuracy") else None,
-                    f"the tuned model lost more general ability (base {_pct(base_general)})",
-                    f"the tuned model kept general ability (base {_pct(base_general)})")))
+               compare(ft and ft["general_accuracy"], rag and rag["general_accuracy"], False,
+                       "the tuned model kept less general ability than RAG",
+                       "the tuned model kept more general ability than RAG",
+                       f" (base {_pct(base_general)})")))
   a, b = pair("style_rate", "house style")
   prompted = arms.get("prompted")
   ptxt = (f"; prompted reaches {_pct(prompted['style_rate'])} with "
           f"{_num(prompted['prompt_tokens'])} prompt tokens" if prompted else "")
   rows.append(("Style consistency", a, b,
-               note(ft["style_rate"] >= rag["style_rate"] if both("style_rate") else None,
-                    f"fine-tuning held the style more consistently{ptxt}",
-                    f"RAG held the style as well or better{ptxt}")))
+               compare(ft and ft["style_rate"], rag and rag["style_rate"], True,
+                       "fine-tuning held the style more consistently",
+                       "RAG held the style better", ptxt)))
   if "finetuned" in inf and "rag" in inf:
     f_, r_ = inf["finetuned"], inf["rag"]
     rows.append(("Scalability",
@@ -161,9 +165,8 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   abst = (f"; abstains on unanswerable: fine-tuned {_pct(ft and ft.get('abstain_rate'))}, "
           f"RAG {_pct(rag and rag.get('abstain_rate'))}")
   rows.append(("Hallucination risk", a, b,
-               note(rag["hallucination_rate"] <= ft["hallucination_rate"]
-                    if both("hallucination_rate") else None,
-                    f"RAG hallucinated less{abst}", f"fine-tuning hallucinated less{abst}")))
+               compare(ft and ft["hallucination_rate"], rag and rag["hallucination_rate"], True,
+                       "RAG hallucinated less", "fine-tuning hallucinated less", abst)))
   return rows
 
 
@@ -198,7 +201,7 @@ def write(workdir: Path, config, summary: dict, histories: dict):
             f"Device: {cost['device']}; price {cost['price_per_device_hour']} "
             f"{cost['currency']} per device-hour; peak resident memory "
             f"{cost['peak_rss_gb']:.1f} GB.", "",
-            "| arm | prompt tokens | FLOPs / question | s / question (batched) |",
+            "| arm | prompt tokens | FLOPs / question | s / question (batched, median batch) |",
             "|---|---|---|---|"]
   for arm, c in cost["inference"].items():
     lines.append(f"| {arm} | {c['prompt_tokens']:.0f} | {_sci(c['flops_per_question'])} | "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import logging
 import platform
 import random
 import resource
@@ -34,6 +34,9 @@ from ftjax.prompts import document_messages, example_messages, paraphrase_reques
 SPLITS = ("eval", "unanswerable", "general")
 
 
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
+
+
 def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
@@ -43,9 +46,11 @@ class Progress:
 
   def __init__(self, stream=sys.stdout):
     self.stream = stream
+    self.started = time.perf_counter()
 
   def say(self, text: str):
-    print(text, file=self.stream, flush=True)
+    elapsed = time.perf_counter() - self.started
+    print(f"{elapsed:6.0f}s {text}", file=self.stream, flush=True)
 
   def batch(self, arm: str, stage: str, done: int, total: int, tokens: int, seconds: float):
     rate = tokens / seconds if seconds else 0.0
@@ -181,7 +186,8 @@ def raft_examples(ctx: Context, seed: int) -> tuple[list[list[dict]], dict]:
   examples = raft.build_examples(pairs, passages, num_distractors=config.raft.num_distractors,
                                  oracle_fraction=config.raft.oracle_fraction, seed=seed,
                                  instruction=config.prompt.rag_instruction)
-  conversations = [e.messages for e in examples]
+  conversations = [e.messages for e in data_lib.subsample(examples, config.raft.max_examples,
+                                                          seed)]
   if config.data.use_decline:  # declining when no passage covers the question
     rng = random.Random(seed)
     ids = list(passages)
@@ -306,25 +312,32 @@ def make_answerer(ctx: Context, arm: str, model, index=None):
 
 
 def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Question], label: str,
-                     batch_size: int) -> tuple[list[Answer], float]:
-  """All questions in batches of one fixed size, with progress; (answers, wall seconds).
+                     batch_size: int) -> tuple[list[Answer], float, list[float]]:
+  """All questions in batches of one size (at most `batch_size`), with progress.
 
   The last batch is padded with repeats of its first question (answers discarded): every call
   has the same batch shape, so generation compiles once per prompt-length bucket, not once per
-  odd-sized remainder."""
+  odd-sized remainder. Also returns each batch's seconds per question (throughput; the median
+  batch leaves compilation out).
+  """
   answers: list[Answer] = []
   started = time.perf_counter()
-  tokens = 0
+  tokens, batch_seconds = 0, []
+  # Balanced batches: 98 questions at batch_size 32 run as 4 x 25, not 4 x 32 with 30 repeats.
+  batch_size = -(-len(questions) // -(-len(questions) // batch_size)) if questions else batch_size
   for at in range(0, len(questions), batch_size):
+    batch_started = time.perf_counter()
     batch = [q.input for q in questions[at:at + batch_size]]
     real = len(batch)
     if len(questions) > batch_size:
       batch += [batch[0]] * (batch_size - real)
     answers += answerer.answer(batch)[:real]
+    if len(batch) == batch_size:  # seconds per question of each full batch
+      batch_seconds.append((time.perf_counter() - batch_started) / batch_size)
     tokens += sum(a.new_tokens for a in answers[-real:])
     ctx.progress.batch(answerer.name, label, len(answers), len(questions), tokens,
                        time.perf_counter() - started)
-  return answers, time.perf_counter() - started
+  return answers, time.perf_counter() - started, batch_seconds
 
 
 def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) -> list[float]:
@@ -341,7 +354,8 @@ def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) ->
 
 def _answer_batch_size(ctx: Context, arm: str) -> int:
   # CAG decodes against the whole corpus in the cache: smaller batches keep memory bounded.
-  return min(ctx.config.sampling.batch_size, 8) if arm == "cag" else ctx.config.sampling.batch_size
+  return min(ctx.config.sampling.batch_size, 16) if arm == "cag" else \
+      ctx.config.sampling.batch_size
 
 
 def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
@@ -367,8 +381,8 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     # One stream over every split: fewer partial batches, fewer compilations.
     splits = [s for s in SPLITS if s in ctx.data.questions]
     stream = [q for s in splits for q in ctx.data.questions[s]]
-    answers, seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
-                                        _answer_batch_size(ctx, arm))
+    answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
+                                                       _answer_batch_size(ctx, arm))
     out, total = {}, len(answers)
     for s in splits:
       out[s] = [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
@@ -376,6 +390,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
                               ctx.config.sampling.latency_questions)
     (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
     return {"seconds": seconds, "questions": total, "latency_s": latency,
+            "seconds_per_question_by_batch": batch_seconds,
             "peak_rss_gb": peak_rss_gb()}
   return ctx.cache.run(f"answers-{arm}" + ("" if seed is None else f"-s{seed}"),
                        answer_key(ctx, arm, model_key, index_folder), build)
@@ -398,6 +413,7 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
          "update_eval": ctx.data.hashes["update_eval"], "eval": ctx.data.hashes["eval"],
          "retrieval": ctx.config.retrieval.to_dict(), "sampling": ctx.config.sampling.to_dict(),
          "model": ctx.model_key, "max_eval_questions": ctx.config.data.max_eval_questions,
+         "max_unchanged": ctx.config.knowledge_update.max_unchanged,
          "instruction": ctx.config.prompt.rag_instruction,
          "system_prompt": ctx.config.prompt.system_prompt}
 
@@ -418,8 +434,8 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
 
 def _answer_update_questions(ctx: Context, answerer, folder: Path) -> dict:
   stream = ctx.data.questions["update_eval"] + ctx.data.questions["unchanged"]
-  answers, _ = answer_questions(ctx, answerer, stream, "update_eval+unchanged",
-                                ctx.config.sampling.batch_size)
+  answers, _, _ = answer_questions(ctx, answerer, stream, "update_eval+unchanged",
+                                   ctx.config.sampling.batch_size)
   out = {s: [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
          for s in ("update_eval", "unchanged")}
   (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
@@ -433,6 +449,7 @@ def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
   key = {"train": train_folder.name, "update_train": ctx.data.hashes["update_train"],
          "update_eval": ctx.data.hashes["update_eval"], "eval": ctx.data.hashes["eval"],
          "num_steps": ctx.config.knowledge_update.num_steps,
+         "max_unchanged": ctx.config.knowledge_update.max_unchanged,
          "sampling": ctx.config.sampling.to_dict(),
          "max_eval_questions": ctx.config.data.max_eval_questions}
 
@@ -503,7 +520,7 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   progress = progress or Progress()
-  data = data_lib.load(config.data)
+  data = data_lib.load(config.data, config.knowledge_update.max_unchanged)
   style = scoring.compile_style(config.style.pattern) if config.style.pattern else None
   abstain = tuple(config.abstain_patterns) or None
   ctx = Context(config, data, cache or StageCache(workdir / "cache"), progress)
@@ -581,7 +598,7 @@ def _update_summary(results, rows) -> dict:
          "update_accuracy": scoring.mean_std([p["update_accuracy"] for p in per_seed])["mean"],
          "unchanged_accuracy": scoring.mean_std([p["unchanged_accuracy"]
                                                  for p in per_seed])["mean"],
-         "style_rate": scoring.mean_std([p["style_rate"] for p in per_seed])["mean"],
+         "style_rate": scoring.mean_std([r["style"] for r in rows])["mean"],
          "seeds": len(seeds)}
   if "steps" in results[0]:
     out["steps"] = results[0]["steps"]
