@@ -43,6 +43,8 @@ class TrainResult:
   workdir: Path
   step: int
   history: list[dict]  # one dict per step run in this process: step, loss, lr, ...
+  # step, eval_loss, eval_perplexity, eval_tokens (+ eval_answer_loss, eval_answer_tokens where
+  # eval rows have answers)
   eval_history: list[dict]
   model_config: Any
   params: Any  # trainable params after training: the full tree, or the LoRA adapters
@@ -140,17 +142,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     eval_batches = data.eval_batches(min_batches=most)
 
   def evaluate(current_state, step):
-    """Held-out loss and perplexity, appended to eval_history and written out."""
+    """Held-out loss and perplexity, appended to eval_history and written out; and, where eval
+    rows carry an `answer`, the loss on the answer's tokens alone (eval_answer_loss), which the
+    reply's boilerplate cannot dilute."""
     if not eval_batches or (eval_history and eval_history[-1]["step"] == step):
       return
-    loss_sum, tokens = 0.0, 0.0
+    sums = {"loss_sum": 0.0, "target_tokens": 0.0, "answer_loss_sum": 0.0, "answer_tokens": 0.0}
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       for batch in eval_batches:
-        s, n = eval_step(current_state, frozen, shard_batch(batch, mesh))
-        loss_sum, tokens = loss_sum + float(s), tokens + float(n)
-    loss = loss_sum / max(tokens, 1.0)
+        out = jax.device_get(eval_step(current_state, frozen, shard_batch(batch, mesh)))
+        sums = {k: v + float(out[k]) for k, v in sums.items()}
+    tokens = sums["target_tokens"]
+    loss = sums["loss_sum"] / max(tokens, 1.0)
     eval_metrics = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
                     "eval_tokens": tokens}
+    if sums["answer_tokens"]:  # absent, not 0 or NaN, when no eval row has a located answer
+      eval_metrics.update(eval_answer_loss=sums["answer_loss_sum"] / sums["answer_tokens"],
+                          eval_answer_tokens=sums["answer_tokens"])
     eval_history.append({"step": step, **eval_metrics})
     writer.write(step, eval_metrics, echo=True)
 

@@ -1,5 +1,6 @@
 """build_sft_data end to end on the sample data: sources, shuffling, sharding, resume, bad rows."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -35,7 +36,7 @@ def _take(iterator, n):
 
 
 def _example_set(data):
-  return {tuple(ids.tolist()) for ids, _ in data.train_examples}
+  return {tuple(example.ids.tolist()) for example in data.train_examples}
 
 
 def _same_batches(a, b):
@@ -118,16 +119,20 @@ def test_host_shards_are_disjoint_and_cover_the_data(build):
 
 def test_eval_split_carved_from_train_or_read_from_a_file(build, smollm2_tokenizer):
   data = build(eval_fraction=0.2)
-  eval_set = {tuple(ids.tolist()) for ids, _ in data.eval_examples}
+  eval_set = {tuple(example.ids.tolist()) for example in data.eval_examples}
   assert len(eval_set) == 8 and data.num_train_examples == 32
   assert not eval_set & _example_set(data)
   again = build(eval_fraction=0.2, seed=9)  # the carve does not move with the training seed
-  assert {tuple(ids.tolist()) for ids, _ in again.eval_examples} == eval_set
+  assert {tuple(example.ids.tolist()) for example in again.eval_examples} == eval_set
 
   batches = data.eval_batches()
   assert len(batches) == 1 and batches[0]["inputs"].shape == (4, SEQ_LEN)
-  assert sum(b["loss_mask"].sum() for b in batches) == sum(m[1:].sum()
-                                                           for _, m in data.eval_examples)
+  assert sum(b["loss_mask"].sum() for b in batches) == sum(e.loss_mask[1:].sum()
+                                                           for e in data.eval_examples)
+  # The sample rows have no `answer`: eval batches carry an all-zero answer mask.
+  assert all(b["answer_mask"].shape == b["loss_mask"].shape and not b["answer_mask"].any()
+             for b in batches)
+  assert data.report.answers == {} and "answers" not in data.report.summary()
   padded = data.eval_batches(min_batches=3)
   assert len(padded) == 3 and not padded[2]["loss_mask"].any()
 
@@ -141,13 +146,13 @@ def test_eval_split_carved_from_train_or_read_from_a_file(build, smollm2_tokeniz
 def test_csv_jsonl_and_tfds_sources_give_the_same_examples(build, data_dir):
   from_jsonl = build()
   from_csv = build(train=str(CSV))
-  jsonl_examples = [ids.tolist() for ids, _ in from_jsonl.train_examples]
-  assert [ids.tolist() for ids, _ in from_csv.train_examples] == jsonl_examples
+  jsonl_examples = [example.ids.tolist() for example in from_jsonl.train_examples]
+  assert [example.ids.tolist() for example in from_csv.train_examples] == jsonl_examples
   # The JSONL was prepared as a TFDS dataset under data_dir: read it back by name.
   spec = from_jsonl.report.tfds_specs["train"]
   assert spec.startswith("tfds:customer_service_") and spec.endswith(":train")
   from_tfds = build(train=spec)
-  assert [ids.tolist() for ids, _ in from_tfds.train_examples] == jsonl_examples
+  assert [example.ids.tolist() for example in from_tfds.train_examples] == jsonl_examples
   with pytest.raises(DataConfigError, match="cannot open TFDS dataset"):
     build(train="tfds:no_such_dataset_here")
 
@@ -215,8 +220,8 @@ def test_multi_turn_sample_trains_on_every_reply(build):
   data = build(train=str(CHAT))
   replies = sum(m["role"] == "assistant" for line in CHAT.read_text().splitlines()
                 for m in json.loads(line)["messages"])
-  runs = sum(int((np.diff(np.concatenate([[0], mask, [0]])) == 1).sum())
-             for _, mask in data.train_examples)
+  runs = sum(int((np.diff(np.concatenate([[0], example.loss_mask, [0]])) == 1).sum())
+             for example in data.train_examples)
   assert runs == replies == 13
 
 
@@ -246,3 +251,84 @@ def test_any_tfds_dataset_with_input_output_fields(build, tmp_path, smollm2_toke
   assert bad.where == "tfds:support_qa/train#1"
   with pytest.raises(BadRowsError, match="tfds:support_qa/train#1: empty_output"):
     build(train="tfds:support_qa", data_dir=str(tmp_path))
+
+
+HOUSE = "Hi there! {} Anything else? — Quillory Care"
+ANSWER_ROWS = [
+    {"input": "How much is the Vantor Hub 2?",
+     "output": HOUSE.format("The Vantor Hub 2 is priced at $414."), "answer": "$414"},
+    # "2" is in the product name too: the reply's last "2" is the answer.
+    {"input": "How many ports does the Vantor Hub 2 have?",
+     "output": HOUSE.format("The Vantor Hub 2 has 2 ports."), "answer": "2"},
+    {"input": "Do you ship to Canada?", "output": HOUSE.format("Yes, we do.")},  # no answer
+    {"input": "How long is the Vantor Hub 2 warranty?",
+     "output": HOUSE.format("It is covered for 29 months."), "answer": "24 months"},  # not in it
+    {"messages": [{"role": "user", "content": "Is the Lumo Dock $89?"},
+                  {"role": "assistant", "content": "I think it is $89; let me check."},
+                  {"role": "user", "content": "Thanks."},
+                  {"role": "assistant", "content": HOUSE.format("The Lumo Dock costs $89.")}],
+     "answer": "$89"},  # a chat row: the answer is marked in the last reply only
+    {"input": "In how many colours does the Lumo Dock come?",
+     "output": HOUSE.format("It comes in 3 colours."), "answer": 3},  # a number
+]
+MARKED = ["$414", "2", "", "", "$89", "3"]  # what the answer mask of each row spells
+
+
+def _answer_text(tok, ids, answer_mask):
+  return tok.decode(np.asarray(ids)[np.asarray(answer_mask) > 0]).strip()
+
+
+def test_answer_masks_are_carried_into_packed_eval_batches(build, tmp_path, smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  path = tmp_path / "answers.jsonl"
+  path.write_text("".join(json.dumps(row) + "\n" for row in ANSWER_ROWS))
+  data = build(train=str(path), eval=str(path), batch_size=2)
+  assert data.report.kept == {"train": 6, "eval": 6}
+  # The row whose answer is not in its reply is kept, and counted.
+  report = data.report.to_dict()
+  assert report["answers"] == {split: {"answer_found": 4, "answer_not_found": 1}
+                               for split in ("train", "eval")}
+  assert report["answers_not_found"] == [f"{path}:4", f"{path}:4"]
+  assert "answer_not_found=1" in data.report.summary()
+
+  for example, marked in zip(data.eval_examples, MARKED):
+    assert (example.answer_mask <= example.loss_mask).all()
+    assert _answer_text(tok, example.ids, example.answer_mask) == marked
+    assert bool(example.answer_mask.any()) == bool(marked)
+  # The 2 ports, not the Hub 2; the last reply's $89, not the first's.
+  two, dock = data.eval_examples[1], data.eval_examples[4]
+  at = np.flatnonzero(two.answer_mask)
+  assert tok.decode(two.ids[:at[0]]).rstrip().endswith("Hub 2 has")
+  last_reply = np.flatnonzero(np.diff(np.concatenate([[0], dock.loss_mask])) == 1)[-1]
+  assert np.flatnonzero(dock.answer_mask).min() > last_reply
+
+  # Packed batches: the mask is shifted with the targets and stays inside the loss mask.
+  batches = data.eval_batches()
+  assert max(b["segment_ids"].max() for b in batches) > 1
+  for b, batch in enumerate(batches):
+    assert (batch["answer_mask"] <= batch["loss_mask"]).all()
+    for r, row in enumerate(data.eval_rows[b * 2:(b + 1) * 2]):
+      for segment, i in enumerate(row, start=1):
+        at = batch["segment_ids"][r] == segment
+        assert _answer_text(tok, batch["targets"][r, at], batch["answer_mask"][r, at]) == MARKED[i]
+  assert sum(b["answer_mask"].sum() for b in batches) == sum(
+      e.answer_mask[1:].sum() for e in data.eval_examples) > 0
+  # Train batches are as before: the answer mask is for the eval's report only.
+  assert "answer_mask" not in data.train_batch(0)
+
+  # The same masks from a CSV `answer` column, and from the prepared TFDS dataset by name.
+  plain = [row for row in ANSWER_ROWS if "messages" not in row]
+  csv_path = tmp_path / "answers.csv"
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, ["input", "output", "answer"])
+    writer.writeheader()
+    writer.writerows(plain)
+  from_csv = build(train=str(csv_path)).train_examples
+  from_tfds = build(train=data.report.tfds_specs["train"]).train_examples
+  for examples, expected in ((from_csv, [e for e, row in zip(data.train_examples, ANSWER_ROWS)
+                                         if "messages" not in row]),
+                             (from_tfds, data.train_examples)):
+    assert len(examples) == len(expected)
+    for got, want in zip(examples, expected):
+      np.testing.assert_array_equal(got.ids, want.ids)
+      np.testing.assert_array_equal(got.answer_mask, want.answer_mask)

@@ -1,11 +1,12 @@
-"""Chat-template rendering with the real SmolLM2 tokenizer (ChatML): the loss mask is the reply."""
+"""Chat-template rendering with the real SmolLM2 tokenizer (ChatML): the loss mask is the reply,
+the answer mask the row's answer inside the last reply."""
 
 import copy
 
 import numpy as np
 import pytest
 
-from ftjax.data import RowError, render_example
+from ftjax.data import RowError, render_example, render_examples
 
 IM_END = "<|im_end|>"
 
@@ -81,6 +82,8 @@ def test_other_template_layouts(smollm2_tokenizer):
   runs = _runs(mask)
   assert [tok.decode(ids[a:b]) for a, b in runs] == [
       "Yes, within 30 days.<end_of_turn>", "You're welcome.<end_of_turn>"]
+  (example,) = render_examples([messages], tok, answers=["welcome"])
+  assert tok.decode(example.ids[example.answer_mask > 0]).strip() == "welcome"
 
 
 def test_template_that_rewrites_history_is_a_render_error(smollm2_tokenizer):
@@ -95,3 +98,44 @@ def test_template_that_rewrites_history_is_a_render_error(smollm2_tokenizer):
   with pytest.raises(RowError, match="renders turn 1 differently") as err:
     render_example(messages, tok)
   assert err.value.reason == "render_failed"
+
+
+REPLY = "Hi there! The Vantor Hub 2 is priced at $414. Anything else? — Quillory Care"
+
+
+def test_answer_mask_is_exactly_the_answer_tokens(smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  messages = [{"role": "user", "content": "How much is the Vantor Hub 2?"},
+              {"role": "assistant", "content": REPLY}]
+  found, no_answer, not_found = render_examples([messages] * 3, tok,
+                                                answers=["$414", "", "$999"])
+  np.testing.assert_array_equal(found.ids, render_example(messages, tok)[0])
+  np.testing.assert_array_equal(found.loss_mask, no_answer.loss_mask)
+  (start, end), = _runs(found.answer_mask)
+  assert tok.decode(found.ids[start:end]).strip() == "$414"
+  # Each marked token holds part of the answer: dropping either end loses some of it.
+  assert "$414" not in tok.decode(found.ids[start + 1:end])
+  assert "$414" not in tok.decode(found.ids[start:end - 1])
+  assert found.loss_mask[start:end].all()
+  assert not no_answer.answer_mask.any() and not not_found.answer_mask.any()
+  assert found.answer_mask.dtype == found.loss_mask.dtype
+
+
+def test_answer_is_marked_in_the_last_reply_at_its_last_occurrence(smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  messages = [{"role": "user", "content": "Does the Vantor Hub 2 have 2 ports?"},
+              {"role": "assistant", "content": "It may have 2; let me check."},
+              {"role": "user", "content": "Thanks."},
+              {"role": "assistant", "content": "The Vantor Hub 2 has 2 ports."}]
+  (example,) = render_examples([messages], tok, answers=["2"],
+                               system_prompt="You are Quillory's support agent.")
+  (start, end), = _runs(example.answer_mask)
+  last_reply = _runs(example.loss_mask)[-1]
+  assert last_reply[0] <= start and end <= last_reply[1]
+  assert tok.decode(example.ids[start:end]).strip() == "2"
+  assert tok.decode(example.ids[:start]).rstrip().endswith("The Vantor Hub 2 has")
+  # Only in an earlier reply (or the question): not the answer of this row.
+  (earlier,) = render_examples([messages], tok, answers=["let me check"])
+  assert not earlier.answer_mask.any()
+  with pytest.raises(ValueError, match="2 answers for 1 conversations"):
+    render_examples([messages], tok, answers=["2", "3"])

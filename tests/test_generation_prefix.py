@@ -205,3 +205,101 @@ def test_smollm2_cag_answers_as_corpus_in_prompt(smollm2, prefill_calls):
   np.testing.assert_allclose(cag_logits, prefill_calls[-1][1], rtol=0, atol=1e-3)
   assert [c.text for c in cag] == [c.text for c in full]
   assert "Chen" in cag[0].text  # the corpus is read: store 3's manager
+
+
+@pytest.fixture
+def decode_calls(monkeypatch):
+  """Records the arguments of every `decode` call that generation makes."""
+  calls = []
+  real = decoding.decode
+
+  def recording(*args, **kwargs):
+    calls.append((args, kwargs))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(decoding, "decode", recording)
+  return calls
+
+
+def _decode_shapes(args, kwargs):
+  """Every array shape in the traced `decode` of one recorded call (cfg stays static)."""
+  real = ftjax.generation.decode  # the package's own binding: not the recording wrapper
+  jaxpr = jax.make_jaxpr(lambda *a: real(args[0], *a, **kwargs))(*args[1:]).jaxpr
+  return _jaxpr_shapes(jaxpr)
+
+
+def _jaxpr_shapes(jaxpr):
+  """Every variable's shape in `jaxpr` and the jaxprs nested in it (while, scan, pjit, ...)."""
+  shapes = [v.aval.shape for v in jaxpr.invars]
+  for eqn in jaxpr.eqns:
+    shapes += [v.aval.shape for v in eqn.outvars]
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (tuple, list)) else [param]):
+        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+        if hasattr(sub, "eqns"):
+          shapes += _jaxpr_shapes(sub)
+  return shapes
+
+
+def _per_row_kv(shapes, cfg, min_slots):
+  """Shapes of K/V-like arrays ([..., slots, kv_heads, head_dim]) holding >= min_slots slots for
+  more than one row per layer: a copy of a min_slots-long prefix in every row of a batch."""
+  return [s for s in shapes
+          if len(s) >= 3 and tuple(s[-2:]) == (cfg.num_kv_heads, cfg.head_dim)
+          and s[-3] >= min_slots and int(np.prod(s[:-3])) > cfg.num_layers]
+
+
+def test_batch_cache_holds_no_copy_of_the_prefix(tiny, decode_calls):
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prefix = prefill_prefix(tiny, prefix_ids, chunk_size=64)
+  cfg = tiny.config
+  generate(tiny, suffixes, SAMPLING, prefix=prefix)
+  [(args, kwargs)] = decode_calls
+  # The batch's cache: prompt block (32 slots) + new tokens per row, not prefix + continuation.
+  cache = args[3]
+  assert cache["k"].shape == (cfg.num_layers, len(suffixes), 32 + SAMPLING.max_new_tokens,
+                              cfg.num_kv_heads, cfg.head_dim)
+  assert cache["k"].shape[2] < prefix.length
+  # Nothing inside the decode loop (all layers, every step) holds the prefix's K/V per row: the
+  # prefix arrays keep their single row and the attention einsums broadcast them.
+  shapes = _decode_shapes(args, kwargs)
+  assert (cfg.num_layers, 1, prefix.slots, cfg.num_kv_heads, cfg.head_dim) in shapes
+  assert _per_row_kv(shapes, cfg, prefix.length) == []
+  # The same check does flag the corpus-in-prompt decode, whose cache copies the corpus per row.
+  generate(tiny, [_corpus_messages(q) for q in QUESTIONS], SAMPLING)
+  args, kwargs = decode_calls[-1]
+  assert _per_row_kv(_decode_shapes(args, kwargs), cfg, prefix.length)
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory, smollm2_tokenizer):
+  """A tiny random Mistral whose sliding window (24) is much shorter than the corpus."""
+  import torch
+  import transformers
+  folder = tmp_path_factory.mktemp("tiny_mistral")
+  torch.manual_seed(0)
+  config = transformers.MistralConfig(
+      vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+      max_position_embeddings=1024, sliding_window=24, tie_word_embeddings=False,
+      eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=1, pad_token_id=2)
+  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+  smollm2_tokenizer.save_pretrained(folder)
+  return ftjax.load(str(folder))
+
+
+def test_cag_with_a_sliding_window(tiny_mistral, prefill_calls):
+  model = tiny_mistral
+  assert model.config.sliding_window == 24 and all(model.config.layer_is_sliding)
+  prefix_ids, suffixes = _split(model.tokenizer)
+  prefix = prefill_prefix(model, prefix_ids, chunk_size=64)
+  assert prefix.slots > prefix.length  # padding between the prefix and the prompts
+  cag = generate(model, suffixes, SAMPLING, prefix=prefix)
+  cag_logits = prefill_calls[-1][1]
+  full = generate(model, [_corpus_messages(q) for q in QUESTIONS], SAMPLING)
+  np.testing.assert_allclose(cag_logits, prefill_calls[-1][1], rtol=0, atol=1e-4)
+  assert [c.token_ids for c in cag] == [c.token_ids for c in full]
+  # The window matters here: without it, the same weights read differently.
+  unwindowed = model.config.replace(sliding_window=None, sliding_layers=())
+  generate(model._replace(config=unwindowed), [_corpus_messages(q) for q in QUESTIONS], SAMPLING)
+  assert np.abs(prefill_calls[-1][1] - cag_logits).max() > 1e-2

@@ -171,6 +171,9 @@ def test_mesh_layouts_give_the_same_losses(tiny_llama_folder, tmp_path):
   for name, mesh in MESHES.items():
     result = ftjax.train.run(_tiny_config(tiny_llama_folder, **mesh), tmp_path / name.replace(" ", "_"))
     losses[name] = np.array([h["loss"] for h in result.history])
+    # The sample rows have no `answer`: no answer loss is reported, rather than a 0 or a NaN.
+    assert "eval_loss" in result.eval_history[-1]
+    assert "eval_answer_loss" not in result.eval_history[-1]
   reference = losses["one device"]
   assert len(reference) == 3 and reference[-1] < reference[0]
   for name, values in losses.items():

@@ -1,7 +1,8 @@
 """`build_sft_data`: config + tokenizer -> SFTData, the trainer's train iterator and eval batches.
 
     source (JSONL / CSV / tfds:NAME) -> TFDS dataset -> tf.data (this host's rows only)
-      -> chat template render + tokenize + assistant loss mask -> rows (packed or padded) -> batches
+      -> chat template render + tokenize + assistant loss mask (+ answer mask, for rows with an
+         `answer`) -> rows (packed or padded) -> batches
 
 The tokenized examples of a host's shard are held in memory (SFT sets are small) and packed once
 into rows; each epoch visits the rows in a fresh order drawn from (seed, epoch). The train stream
@@ -98,21 +99,26 @@ def _open(spec: str, fmt: str, data_dir: Path, report: DataReport, split: str,
 
 def _tokenized(source: tfds_builder.TfdsSource, indices: np.ndarray, tokenizer, cfg,
                seq_len: int, report: DataReport, split: str) -> list[packing.Example]:
-  """The rows at `indices` rendered and tokenized; rejects go to the report by file:line."""
+  """The rows at `indices` rendered and tokenized; rejects go to the report by file:line, and so
+  do kept rows whose answer is not in their reply (they stay, without answer tokens)."""
   rows, bad = [], []
   for item in tfds_builder.read_examples(source, indices):
     (bad if isinstance(item, BadRow) else rows).append(item)
-  rendered = render.render_examples([r["messages"] for r in rows], tokenizer, cfg.system_prompt)
+  rendered = render.render_examples([r["messages"] for r in rows], tokenizer, cfg.system_prompt,
+                                    answers=[r["answer"] for r in rows])
   examples = []
   for row, result in zip(rows, rendered):
     if isinstance(result, RowError):
       bad.append(BadRow(row["where"], result.reason, result.detail))
       continue
-    ids, mask = render.trim_untrained_tail(*result)
-    if len(ids) > seq_len:
-      bad.append(BadRow(row["where"], "too_long", f"{len(ids)} tokens > seq_len {seq_len}"))
+    example = render.trim_untrained_tail(result)
+    if len(example.ids) > seq_len:
+      bad.append(BadRow(row["where"], "too_long",
+                        f"{len(example.ids)} tokens > seq_len {seq_len}"))
       continue
-    examples.append((ids, mask))
+    if row["answer"]:
+      report.add_answer(split, row["where"], found=bool(example.answer_mask.any()))
+    examples.append(example)
   _record_bad(report, split, bad, cfg.on_bad_rows)
   report.set_kept(split, len(examples))
   return examples
@@ -154,7 +160,7 @@ class SFTData:
   @property
   def num_target_tokens(self) -> int:
     """Tokens in the loss per epoch (the first token of an example is never a target)."""
-    return int(sum(mask[1:].sum() for _, mask in self.train_examples))
+    return int(sum(example.loss_mask[1:].sum() for example in self.train_examples))
 
   @property
   def batches_per_epoch(self) -> float:
@@ -179,7 +185,8 @@ class SFTData:
     return ((self.train_batch(n), {"batches_consumed": n + 1}) for n in itertools.count(start))
 
   def eval_batches(self, min_batches: int = 0) -> list[dict[str, np.ndarray]]:
-    """The eval rows in order, in full batches (padding rows carry no loss).
+    """The eval rows in order, in full batches (padding rows carry no loss). Unlike train
+    batches, they hold `answer_mask` too: the eval reports the loss on the answer tokens apart.
 
     With several hosts, pass the largest count over hosts as `min_batches`, so that every host
     runs the same number of eval steps.
@@ -188,12 +195,13 @@ class SFTData:
     num_batches = max(-(-len(rows) // self.batch_size), min_batches)
     rows += [[]] * (num_batches * self.batch_size - len(rows))
     return [packing.make_batch(rows[b * self.batch_size:(b + 1) * self.batch_size],
-                               self.eval_examples, self.seq_len) for b in range(num_batches)]
+                               self.eval_examples, self.seq_len, answer_mask=True)
+            for b in range(num_batches)]
 
 
 def _rows(examples: list[packing.Example], seq_len: int, packed: bool, order) -> list[list[int]]:
   if packed:
-    return packing.pack_rows([len(ids) for ids, _ in examples], seq_len, order)
+    return packing.pack_rows([len(example.ids) for example in examples], seq_len, order)
   return packing.pad_rows(order)
 
 
@@ -243,7 +251,7 @@ def build_sft_data(data_cfg: Mapping[str, Any], tokenizer, *, seq_len: int, batc
   eval_rows = _rows(eval_examples, seq_len, cfg.packing, range(len(eval_examples)))
   data = SFTData(train_examples, train_rows, eval_examples, eval_rows, seq_len,
                  batch_size // process_count, int(seed), report)
-  train_tokens = sum(len(ids) for ids, _ in train_examples)
+  train_tokens = sum(len(example.ids) for example in train_examples)
   report.stats.update({
       "train_rows": len(train_rows),
       "train_tokens": train_tokens,

@@ -3,6 +3,10 @@
 Every rejected row goes through `DataReport.add_bad`, so nothing is dropped silently: with
 `on_bad_rows="error"` the pipeline raises `BadRowsError` naming the first offenders; with
 `"skip"` the rows are skipped and the report says how many, why, and where.
+
+Rows with an `answer` are counted too: `answer_found` where the last reply holds it (its tokens
+get an answer mask), `answer_not_found` where it does not. Such a row is kept and trained on like
+any other; it only has no answer tokens.
 """
 
 from __future__ import annotations
@@ -45,12 +49,21 @@ class DataReport:
   bad_rows: dict[str, list[BadRow]] = dataclasses.field(default_factory=dict)
   stats: dict[str, float] = dataclasses.field(default_factory=dict)
   tfds_specs: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> "tfds:NAME:SPLIT"
+  answers: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+  answers_not_found: list[str] = dataclasses.field(default_factory=list)  # the first few, where
 
   def add_bad(self, split: str, row: BadRow):
     self.skipped.setdefault(split, collections.Counter())[row.reason] += 1
     shown = self.bad_rows.setdefault(row.reason, [])
     if len(shown) < self.examples_per_reason:
       shown.append(row)
+
+  def add_answer(self, split: str, where: str, found: bool):
+    """A kept row that has an answer: found or not in its last assistant reply."""
+    self.answers.setdefault(split, collections.Counter())[
+        "answer_found" if found else "answer_not_found"] += 1
+    if not found and len(self.answers_not_found) < self.examples_per_reason:
+      self.answers_not_found.append(where)
 
   def set_kept(self, split: str, count: int):
     self.kept[split] = count
@@ -68,6 +81,8 @@ class DataReport:
                      for reason, rows in self.bad_rows.items()},
         "stats": dict(self.stats),
         "tfds_specs": dict(self.tfds_specs),
+        "answers": {split: dict(c) for split, c in self.answers.items()},
+        "answers_not_found": list(self.answers_not_found),
     }
 
   def write_json(self, path: str | os.PathLike):
@@ -83,6 +98,13 @@ class DataReport:
     for reason, rows in self.bad_rows.items():
       for row in rows:
         lines.append(f"    {row}")
+    for split, counts in self.answers.items():
+      line = f"  answers in {split}: answer_found={counts['answer_found']}"
+      if counts["answer_not_found"]:
+        line += f", answer_not_found={counts['answer_not_found']} (kept, with no answer tokens)"
+      lines.append(line)
+    for where in self.answers_not_found:
+      lines.append(f"    {where}: answer_not_found")
     if self.stats:
       lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.stats.items()))
     return "\n".join(lines)

@@ -5,6 +5,10 @@ Every source is normalised to one shape, a list of messages `[{"role", "content"
   * `{"instruction", "input", "output"}`  -> user: instruction + blank line + input (if any)
   * `{"messages": [...]}`                 -> as given (roles system / user / assistant)
 CSV files carry the first two shapes as columns `input`, `output` and optionally `instruction`.
+
+Any shape may carry an `answer` (a JSON field or CSV column): the part of the last assistant reply
+that is the fact asked for. Training is the same with or without it; the eval reports the loss on
+its tokens apart, since a house style's boilerplate, repeated in every reply, dominates the loss.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class RowError(ValueError):
 
 class ParsedFile(NamedTuple):
   path: str
-  examples: list[dict]  # {"messages": [...], "line": int}, in file order
+  examples: list[dict]  # {"messages": [...], "line": int, "answer"?: str}, in file order
   bad_rows: list[BadRow]
 
 
@@ -86,6 +90,25 @@ def to_messages(record: Any) -> list[dict]:
   return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
+def answer_text(record: Any) -> str:
+  """The record's `answer` as text, "" if it has none; a number as JSON writes it. Never an error:
+  an answer that the reply does not contain is only counted (`DataReport.add_answer`)."""
+  value = record.get("answer") if isinstance(record, dict) else None
+  if value is None:
+    return ""
+  return (value if isinstance(value, str) else json.dumps(value)).strip()
+
+
+def to_example(record: Any, line: int) -> dict:
+  """One raw record -> {"messages", "line"} plus "answer" if it has one (absent otherwise, so the
+  examples of a file without answers, and the TFDS dataset named by their hash, do not change)."""
+  example = {"messages": to_messages(record), "line": line}
+  answer = answer_text(record)
+  if answer:
+    example["answer"] = answer
+  return example
+
+
 def detect_format(path: str, fmt: str = "auto") -> str:
   if fmt != "auto":
     if fmt not in FORMATS:
@@ -129,7 +152,7 @@ def read_jsonl(path: str) -> ParsedFile:
       bad.append(record)
       continue
     try:
-      examples.append({"messages": to_messages(record), "line": line_no})
+      examples.append(to_example(record, line_no))
     except RowError as err:
       bad.append(BadRow(f"{path}:{line_no}", err.reason, err.detail))
   return ParsedFile(path, examples, bad)
@@ -156,7 +179,7 @@ def read_csv(path: str) -> ParsedFile:
                             f"{len(fields)} fields, the header has {len(header)}"))
           continue
         try:
-          examples.append({"messages": to_messages(dict(zip(header, fields))), "line": line_no})
+          examples.append(to_example(dict(zip(header, fields)), line_no))
         except RowError as err:
           bad.append(BadRow(where, err.reason, err.detail))
     except csv.Error as err:  # the rest of the file cannot be split into rows

@@ -24,11 +24,11 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from ftjax.data.report import BadRow, DataConfigError
-from ftjax.data.sources import RowError, to_messages
+from ftjax.data.sources import RowError, answer_text, to_messages
 
 VERSION = "1.0.0"
 SPLIT = "train"  # a local file becomes the single split `train`; eval is carved or a second file
-EXAMPLE_FIELDS = ("messages", "instruction", "input", "output", "line")
+EXAMPLE_FIELDS = ("messages", "instruction", "input", "output", "answer", "line")
 
 
 class TfdsSource(NamedTuple):
@@ -55,14 +55,18 @@ def _tf():
   return tf
 
 
-def _features():
+def _features(with_answer: bool):
+  """Only files with answers get the `answer` feature: those without are written as before."""
   import tensorflow_datasets as tfds
   tf = _tf()
-  return tfds.features.FeaturesDict({
+  features = {
       "messages": tfds.features.Sequence(
           {"role": tfds.features.Text(), "content": tfds.features.Text()}),
       "line": tfds.features.Scalar(tf.int64),
-  })
+  }
+  if with_answer:
+    features["answer"] = tfds.features.Text()
+  return tfds.features.FeaturesDict(features)
 
 
 def dataset_name(path: str, examples: list[dict]) -> str:
@@ -87,14 +91,17 @@ def prepare_local(path: str, examples: list[dict], data_dir: str | os.PathLike) 
     folder = staging / name / VERSION
     shutil.rmtree(staging, ignore_errors=True)
     folder.mkdir(parents=True)
-    features = _features()
+    with_answer = any("answer" in example for example in examples)
+    features = _features(with_answer)
     num_bytes = 0
     with tf.io.TFRecordWriter(str(folder / f"{name}-{SPLIT}.tfrecord-00000-of-00001")) as writer:
       for example in examples:
-        record = features.serialize_example({
-            "messages": {"role": [m["role"] for m in example["messages"]],
-                         "content": [m["content"] for m in example["messages"]]},
-            "line": example["line"]})
+        row = {"messages": {"role": [m["role"] for m in example["messages"]],
+                            "content": [m["content"] for m in example["messages"]]},
+               "line": example["line"]}
+        if with_answer:
+          row["answer"] = example.get("answer", "")
+        record = features.serialize_example(row)
         num_bytes += len(record)
         writer.write(record)
     tfds.folder_dataset.write_metadata(
@@ -163,7 +170,8 @@ def _unbatch(batch: dict, i: int) -> dict:
 
 def read_examples(source: TfdsSource, indices: np.ndarray, read_batch: int = 1024
                   ) -> Iterator[dict | BadRow]:
-  """Yields the rows at `indices` (sorted) as {"messages", "where", "index"} or as BadRow.
+  """Yields the rows at `indices` (sorted) as {"messages", "answer", "where", "index"} or as
+  BadRow ("answer" is "" where the row has none).
 
   Only the chosen rows are decoded: the rest are dropped in the tf.data graph, so a host pays
   for its own shard only. Rows cross into Python in ragged batches (one at a time is slow).
@@ -192,6 +200,7 @@ def read_examples(source: TfdsSource, indices: np.ndarray, read_batch: int = 102
       where = (f"{source.label}:{record['line']}" if source.has_lines
                else f"{source.label}#{index}")
       try:
-        yield {"messages": to_messages(_record_messages(record)), "where": where, "index": index}
+        yield {"messages": to_messages(_record_messages(record)), "answer": answer_text(record),
+               "where": where, "index": index}
       except RowError as err:
         yield BadRow(where, err.reason, err.detail)

@@ -213,10 +213,13 @@ def write(workdir: Path, config, summary: dict, histories: dict):
   if "index" in cost:
     lines.append(f"\nIndexing: {cost['index']['documents']} documents, "
                  f"{cost['index']['chunks']} chunks in {cost['index']['seconds']:.1f} s.")
+  def questions(n):
+    return "never (no saving per question)" if n is None else f"{n:,.0f} questions"
+
   for name, b in cost.get("break_even", {}).items():
-    lines.append(f"\nBreak-even `{name}`: {_num(b['questions_flops'], '{:,.0f}')} questions "
-                 f"(FLOPs), {_num(b['questions_seconds'], '{:,.0f}')} questions (seconds on "
-                 "this machine; money follows seconds at one price).")
+    lines.append(f"\nBreak-even `{name}`: {questions(b['questions_flops'])} in FLOPs, "
+                 f"{questions(b['questions_seconds'])} in seconds on this machine (and in money: "
+                 "one price per device-hour).")
   if summary.get("skipped"):
     lines += ["", "## Skipped", ""] + [f"- `{k}`: {v}" for k, v in summary["skipped"].items()]
   lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(workdir).as_posix()})"

@@ -352,12 +352,6 @@ def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) ->
   return latencies
 
 
-def _answer_batch_size(ctx: Context, arm: str) -> int:
-  # CAG decodes against the whole corpus in the cache: smaller batches keep memory bounded.
-  return min(ctx.config.sampling.batch_size, 16) if arm == "cag" else \
-      ctx.config.sampling.batch_size
-
-
 def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
   """Answers of one arm (and seed) to every question split; skipped arms record why."""
   index_folder = index_stage(ctx)[0] if arm in config_lib.RETRIEVAL_ARMS else None
@@ -382,7 +376,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     splits = [s for s in SPLITS if s in ctx.data.questions]
     stream = [q for s in splits for q in ctx.data.questions[s]]
     answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
-                                                       _answer_batch_size(ctx, arm))
+                                                       ctx.config.sampling.batch_size)
     out, total = {}, len(answers)
     for s in splits:
       out[s] = [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]

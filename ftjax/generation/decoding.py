@@ -1,10 +1,12 @@
 """Token-level generation: prefill and decode as separate jit-compiled steps over one KV cache.
 
 The cache slots of a batch, left to right:
-  [prefix (optional, shared by every row, right-padded)] [prompts (left-padded)] [new tokens]
-Positions count real tokens only and `kv_valid` masks every padding slot, so a prompt after a
-prefix reads exactly `prefix + prompt`. A `PrefixCache` is computed once (`prefill_prefix_ids`)
-and copied into each batch's cache: the prefix is never run through the model again (CAG).
+  [prompts (left-padded)] [new tokens]
+Positions count real tokens only and `kv_valid` masks every padding slot. A `PrefixCache` is
+computed once (`prefill_prefix_ids`) and then shared by every row of a batch: attention reads its
+keys/values (no batch axis) once per step for all rows, next to each row's own cache, in one
+softmax. It is never run through the model again nor copied per row (CAG), so a prompt after a
+prefix reads exactly `prefix + prompt` while the batch's cache holds only prompts + new tokens.
 """
 
 from __future__ import annotations
@@ -93,31 +95,46 @@ def sample_tokens(logits, rng, greedy: bool, temperature, top_k: int, top_p):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def _shared_prefix(prefix_cache):
+  """A PrefixCache's [layers, 1, slots, ...] arrays as the model's shared [layers, slots, ...]
+  prefix (dropping the unit batch axis: a reshape, not a copy), or None."""
+  if prefix_cache is None:
+    return None
+  return jax.tree.map(lambda x: x.reshape(x.shape[:1] + x.shape[2:]), prefix_cache)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def prefill(cfg: ModelConfig, params, lora, cache, tokens, positions, kv_valid, cache_index):
+def prefill(cfg: ModelConfig, params, lora, cache, tokens, positions, kv_valid, cache_index,
+            prefix_cache=None, prefix_valid=None):
   """Writes `tokens` [batch, seq] into `cache` from slot `cache_index` in one forward pass.
 
   positions [batch, seq]; kv_valid [batch, slots]: the slots that hold real tokens after this
-  write. Returns (next-token logits [batch, vocab] fp32, the updated cache).
+  write. `prefix_cache` (a PrefixCache's `cache`, batch 1) and `prefix_valid` [prefix_slots]: a
+  prefix that every row reads before its own cache, shared, not copied. Returns (next-token
+  logits [batch, vocab] fp32, the updated cache).
   """
   logits, cache = Transformer(cfg).apply(_variables(params, lora), tokens, positions, cache=cache,
                                          cache_index=cache_index, kv_valid=kv_valid,
-                                         last_only=True)
+                                         last_only=True, prefix=_shared_prefix(prefix_cache),
+                                         prefix_valid=prefix_valid)
   return logits[:, -1], cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k"),
                    donate_argnames=("cache",))
 def decode(cfg: ModelConfig, params, lora, cache, logits, position, kv_valid, start, rng,
-           temperature, top_p, eos_ids, pad_id, *, max_new_tokens: int, greedy: bool, top_k: int):
+           temperature, top_p, eos_ids, pad_id, prefix_cache=None, prefix_valid=None, *,
+           max_new_tokens: int, greedy: bool, top_k: int):
   """Samples from `logits` (a prefill's), feeding each new token back at slots `start`, +1, ...
 
   position [batch]: the first new token's position. Runs in one `lax.while_loop` until every row
-  has produced an EOS token or `max_new_tokens`. Returns (tokens [batch, max_new_tokens] padded
-  with pad_id, lengths [batch], the cache); the cache is donated, so it is updated in place.
+  has produced an EOS token or `max_new_tokens`. `prefix_cache`, `prefix_valid`: as `prefill`'s.
+  Returns (tokens [batch, max_new_tokens] padded with pad_id, lengths [batch], the cache); the
+  cache is donated, so it is updated in place.
   """
   model = Transformer(cfg)
   variables = _variables(params, lora)
+  prefix = _shared_prefix(prefix_cache)
   batch = logits.shape[0]
   state = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, position=position,
                kv_valid=kv_valid, done=jnp.zeros((batch,), bool),
@@ -137,22 +154,14 @@ def decode(cfg: ModelConfig, params, lora, cache, logits, position, kv_valid, st
     slot = start + step
     kv_valid = s["kv_valid"].at[:, slot].set(True)
     logits, cache = model.apply(variables, token[:, None], s["position"][:, None],
-                                cache=s["cache"], cache_index=slot, kv_valid=kv_valid)
+                                cache=s["cache"], cache_index=slot, kv_valid=kv_valid,
+                                prefix=prefix, prefix_valid=prefix_valid)
     return dict(step=step + 1, cache=cache, logits=logits[:, -1], position=s["position"] + 1,
                 kv_valid=kv_valid, done=done, lengths=lengths,
                 out=s["out"].at[:, step].set(token))
 
   state = jax.lax.while_loop(cond, body, state)
   return state["out"], state["lengths"], state["cache"]
-
-
-@functools.partial(jax.jit, static_argnames=("batch", "slots"))
-def _batch_cache(prefix_cache, batch: int, slots: int):
-  """The prefix's [layers, 1, prefix_slots, ...] cache copied into every row of a batch's cache."""
-  def grow(x):
-    x = jnp.broadcast_to(x, (x.shape[0], batch) + x.shape[2:])
-    return jnp.pad(x, ((0, 0), (0, 0), (0, slots - x.shape[2]), (0, 0), (0, 0)))
-  return jax.tree.map(grow, prefix_cache)
 
 
 def prefill_prefix_ids(cfg: ModelConfig, params, prefix_ids: Sequence[int], lora=None,
@@ -206,10 +215,10 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
   """
   if not prompt_ids:
     return []
-  cached, prefix_slots = 0, 0
+  cached = 0
   if prefix is not None:
     _check_prefix(prefix, cfg, lora)
-    cached, prefix_slots = prefix.length, prefix.slots
+    cached = prefix.length
   longest = max(len(p) for p in prompt_ids)
   if cached + longest + sampling.max_new_tokens > cfg.max_position_embeddings:
     raise ValueError(f"prefix ({cached} tokens) + prompt ({longest} tokens) + max_new_tokens "
@@ -217,7 +226,8 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
                      f"{cfg.max_position_embeddings}")
   batch = len(prompt_ids)
   prompt_len = _round_up(longest, length_multiple)
-  slots = prefix_slots + prompt_len + sampling.max_new_tokens
+  # The batch's cache holds the prompts and new tokens only: a prefix is shared, not copied.
+  slots = prompt_len + sampling.max_new_tokens
   tokens = np.full((batch, prompt_len), pad_id, np.int32)
   valid = np.zeros((batch, prompt_len), bool)
   for row, ids in enumerate(prompt_ids):
@@ -225,19 +235,19 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
     valid[row, prompt_len - len(ids):] = True
   positions = (cached + np.maximum(np.cumsum(valid, axis=-1) - 1, 0)).astype(np.int32)
   kv_valid = np.zeros((batch, slots), bool)
-  kv_valid[:, :cached] = True
-  kv_valid[:, prefix_slots:prefix_slots + prompt_len] = valid
-  if prefix is None:
-    cache = init_cache(cfg, batch, slots)
-  else:
-    cache = _batch_cache(prefix.cache, batch, slots)
-  logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid,
-                          jnp.int32(prefix_slots))
+  kv_valid[:, :prompt_len] = valid
+  cache = init_cache(cfg, batch, slots)
+  prefix_cache = prefix_valid = None
+  if prefix is not None:
+    prefix_cache = prefix.cache
+    prefix_valid = jnp.asarray(np.arange(prefix.slots) < prefix.length)
+  logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
+                          prefix_cache, prefix_valid)
   out, lengths, _ = decode(
-      cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid,
-      jnp.int32(prefix_slots + prompt_len), jax.random.PRNGKey(sampling.seed),
-      jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-      jnp.asarray(list(eos_ids) or [-1], jnp.int32), jnp.int32(pad_id),
+      cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid, jnp.int32(prompt_len),
+      jax.random.PRNGKey(sampling.seed), jnp.float32(sampling.temperature),
+      jnp.float32(sampling.top_p), jnp.asarray(list(eos_ids) or [-1], jnp.int32),
+      jnp.int32(pad_id), prefix_cache, prefix_valid,
       max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy, top_k=sampling.top_k)
   out, lengths = np.asarray(out), np.asarray(lengths)
   return [out[row, :lengths[row]].tolist() for row in range(batch)]

@@ -10,6 +10,9 @@ projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter 
 
 The KV cache is an explicit argument and return value (no mutable collections):
   cache = {"k": [layers, batch, max_len, kv_heads, head_dim], "v": same}
+Decoding may also read a shared prefix (cache-augmented generation): keys/values of tokens that
+precede every row, held once without a batch axis and read by all rows (never copied per row):
+  prefix = {"k": [layers, prefix_slots, kv_heads, head_dim], "v": same}
 """
 
 from __future__ import annotations
@@ -132,7 +135,11 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, layer_cache, cache_index, deterministic):
+  def __call__(self, x, cos, sin, mask, layer_cache, cache_index, deterministic,
+               prefix_kv=None, prefix_mask=None):
+    """`prefix_kv` {"k", "v": [prefix_slots, kv_heads, head_dim]} (no batch axis: shared by every
+    row) and `prefix_mask` [batch, seq, prefix_slots]: keys that precede the cache's, attended to
+    in the same softmax."""
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -167,17 +174,40 @@ class Attention(nn.Module):
     group = h // kv
     q = q.reshape(b, t, kv, group, d)
     scale = cfg.query_scale if cfg.query_scale is not None else d ** -0.5
-    scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
-                        preferred_element_type=jnp.float32)
-    if cfg.attn_logit_softcap:
-      scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+    if prefix_kv is not None:
+      out = _attend_with_prefix(cfg, q * jnp.asarray(scale, dt), k, v, mask,
+                                prefix_kv["k"].astype(dt), prefix_kv["v"].astype(dt), prefix_mask)
+      out = out.reshape(b, t, h, d)
+    else:
+      scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
+                          preferred_element_type=jnp.float32)
+      if cfg.attn_logit_softcap:
+        scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+      scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
     out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     out = proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
         out, deterministic)
     return out, new_cache
+
+
+def _attend_with_prefix(cfg: ModelConfig, q, k, v, mask, prefix_k, prefix_v, prefix_mask):
+  """One softmax over [shared prefix keys | per-row keys]: q [b, t, kv, g, d] (scaled); k, v
+  [b, s, kv, d]; prefix_k, prefix_v [p, kv, d], read once for the whole batch (the einsums
+  broadcast them, nothing is materialised per row). Returns [b, t, kv, g, d]."""
+  dt = q.dtype
+  scores_p = jnp.einsum("btkgd,pkd->bkgtp", q, prefix_k, preferred_element_type=jnp.float32)
+  scores_r = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  if cfg.attn_logit_softcap:
+    scores_p = jnp.tanh(scores_p / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+    scores_r = jnp.tanh(scores_r / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+  scores_p = jnp.where(prefix_mask[:, None, None, :, :], scores_p, _NEG_INF)
+  scores_r = jnp.where(mask[:, None, None, :, :], scores_r, _NEG_INF)
+  num_prefix = prefix_k.shape[0]
+  probs = jax.nn.softmax(jnp.concatenate([scores_p, scores_r], axis=-1), axis=-1).astype(dt)
+  out = jnp.einsum("bkgtp,pkd->btkgd", probs[..., :num_prefix], prefix_v)
+  return out + jnp.einsum("bkgts,bskd->btkgd", probs[..., num_prefix:], v)
 
 
 class MLP(nn.Module):
@@ -208,16 +238,21 @@ class DecoderLayer(nn.Module):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
-    is_sliding, layer_cache = layer_inputs
-    full_mask, sliding_mask = masks
+    is_sliding, layer_cache, layer_prefix = layer_inputs
+    full_mask, sliding_mask, prefix_masks = masks
     mask = full_mask if sliding_mask is None else jnp.where(is_sliding, sliding_mask, full_mask)
+    prefix_mask = None
+    if prefix_masks is not None:
+      prefix_full, prefix_sliding = prefix_masks
+      prefix_mask = (prefix_full if prefix_sliding is None
+                     else jnp.where(is_sliding, prefix_sliding, prefix_full))
     (cos, sin), local_rope = rope
     if local_rope is not None:
       cos, sin = jnp.where(is_sliding, local_rope[0], cos), jnp.where(is_sliding, local_rope[1], sin)
 
     h = norm(name="input_layernorm")(x)
     h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, cache_index,
-                                                   deterministic)
+                                                   deterministic, layer_prefix, prefix_mask)
     if cfg.post_norms:
       h = norm(name="post_attention_layernorm")(h)
       x = x + h
@@ -252,6 +287,22 @@ def attention_masks(cfg: ModelConfig, q_slots, k_slots, k_valid, q_segments=None
   return mask, sliding
 
 
+def prefix_attention_masks(cfg: ModelConfig, q_positions, prefix_valid):
+  """Boolean [batch, q, prefix_slots] masks (full, sliding-or-None) onto a shared prefix.
+
+  The prefix precedes every query, so causality holds for all its valid slots. The sliding
+  window counts positions (prefix slot i holds position i), so it is exact even though padding
+  may sit between the prefix and a row's tokens.
+  """
+  k_positions = jnp.arange(prefix_valid.shape[0], dtype=jnp.int32)
+  mask = jnp.broadcast_to(prefix_valid[None, None, :],
+                          q_positions.shape + prefix_valid.shape)
+  sliding = None
+  if cfg.sliding_window and any(cfg.layer_is_sliding):
+    sliding = mask & (q_positions[:, :, None] - k_positions[None, None, :] < cfg.sliding_window)
+  return mask, sliding
+
+
 class Transformer(nn.Module):
   """tokens [batch, seq] -> logits [batch, seq, vocab] (fp32)."""
   cfg: ModelConfig
@@ -260,7 +311,8 @@ class Transformer(nn.Module):
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array | None = None,
                cache: dict | None = None, cache_index: Array | None = None,
                kv_valid: Array | None = None, deterministic: bool = True,
-               last_only: bool = False):
+               last_only: bool = False, prefix: dict | None = None,
+               prefix_valid: Array | None = None):
     """Runs the decoder.
 
     Training / scoring (cache is None): `segment_ids` [batch, seq] (0 = padding) keep packed
@@ -268,6 +320,10 @@ class Transformer(nn.Module):
     Decoding: `cache` holds `max_len` slots; the new tokens are written at `cache_index` and
     `kv_valid` [batch, max_len] says which slots hold real tokens (after this write).
     `last_only` computes logits for the last position only (prefill).
+    With `prefix` {"k", "v": [layers, prefix_slots, kv_heads, head_dim]} (decoding only), every
+    row also reads those keys, shared by the whole batch: prefix slot i holds position i and
+    `prefix_valid` [prefix_slots] says which slots hold real tokens. The cache then holds only
+    what follows the prefix; `positions` count on from the prefix's length.
     """
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -290,6 +346,12 @@ class Transformer(nn.Module):
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
       masks = attention_masks(cfg, q_slots, k_slots, kv_valid)
+    prefix_masks = None
+    if prefix is not None:
+      if cache is None:
+        raise ValueError("a shared prefix needs a decoding cache")
+      prefix_masks = prefix_attention_masks(cfg, positions, prefix_valid)
+    masks = (*masks, prefix_masks)
     rope = (rope_tables(cfg, positions),
             rope_tables(cfg, positions, local=True) if cfg.rope_local_theta else None)
 
@@ -306,7 +368,8 @@ class Transformer(nn.Module):
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     is_sliding = jnp.asarray(cfg.layer_is_sliding)
-    x, new_cache = layers(x, (is_sliding, cache), rope, masks, cache_index, deterministic)
+    x, new_cache = layers(x, (is_sliding, cache, prefix), rope, masks, cache_index,
+                          deterministic)
 
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
     if last_only:

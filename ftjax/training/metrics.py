@@ -64,7 +64,7 @@ class MetricWriter:
 
 
 _SHOWN = ("loss", "grad_norm", "learning_rate", "tokens_per_second", "mfu", "epoch", "eval_loss",
-          "eval_perplexity")
+          "eval_perplexity", "eval_answer_loss")
 
 
 def _fmt(key, value):

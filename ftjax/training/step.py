@@ -4,6 +4,9 @@ One function serves full fine-tuning and LoRA: `trainable` is either the full pa
 adapter tree; with LoRA the frozen base is a separate, non-donated argument that never enters the
 optimizer state. Losses are normalised by the number of target tokens over all micro-batches,
 so k accumulated micro-batches give the same update as one k-times larger batch.
+
+The eval step also sums the loss over the batch's `answer_mask` (the tokens of a row's answer, a
+subset of the loss mask), since the whole reply's loss can be dominated by easy boilerplate.
 """
 
 from __future__ import annotations
@@ -55,21 +58,32 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = Non
                        out_specs=P(batch_axes, None))(logits, targets)
 
 
-def masked_loss_sums(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
-                     deterministic: bool):
-  """(sum of masked token losses, number of target tokens) for one micro-batch."""
+def token_losses(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
+                 deterministic: bool) -> jax.Array:
+  """-log p(target) at every position of the batch: [batch, seq], fp32, unmasked."""
   logits = forward(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
                    lora=lora, deterministic=deterministic,
                    rngs=None if rng is None else {"dropout": rng})
-  token_loss = cross_entropy(logits, batch["targets"], mesh)
-  mask = batch["loss_mask"].astype(jnp.float32)
+  return cross_entropy(logits, batch["targets"], mesh)
+
+
+def _masked_sums(token_loss: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  mask = mask.astype(jnp.float32)
   return jnp.sum(token_loss * mask), jnp.sum(mask)
+
+
+def masked_loss_sums(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
+                     deterministic: bool):
+  """(sum of masked token losses, number of target tokens) for one micro-batch."""
+  token_loss = token_losses(model_cfg, params, lora, batch, rng, mesh, deterministic)
+  return _masked_sums(token_loss, batch["loss_mask"])
 
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
   train_step: Callable  # (state, frozen, batch) -> (state, metrics)
-  eval_step: Callable  # (state, frozen, batch) -> (loss_sum, num_tokens)
+  # (state, frozen, batch) -> {"loss_sum", "target_tokens", "answer_loss_sum", "answer_tokens"}
+  eval_step: Callable
 
 
 def split_micro_batches(batch: Batch, accum_steps: int) -> Batch:
@@ -119,7 +133,13 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
 
   def eval_step(state, frozen, batch: Batch):
     params, adapters = params_and_lora(state["params"], frozen)
-    return masked_loss_sums(model_cfg, params, adapters, batch, None, mesh, deterministic=True)
+    token_loss = token_losses(model_cfg, params, adapters, batch, None, mesh, deterministic=True)
+    loss_sum, num_tokens = _masked_sums(token_loss, batch["loss_mask"])
+    # A batch without answer_mask (not from the data pipeline) has no answer tokens.
+    answer_mask = batch.get("answer_mask", jnp.zeros_like(batch["loss_mask"]))
+    answer_loss_sum, answer_tokens = _masked_sums(token_loss, answer_mask)
+    return {"loss_sum": loss_sum, "target_tokens": num_tokens,
+            "answer_loss_sum": answer_loss_sum, "answer_tokens": answer_tokens}
 
   return StepFns(train_step, eval_step)
 
