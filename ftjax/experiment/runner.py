@@ -34,7 +34,6 @@ from ftjax.prompts import document_messages, example_messages, paraphrase_reques
 SPLITS = ("eval", "unanswerable", "general")
 
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 
 def peak_rss_gb() -> float:
@@ -104,6 +103,7 @@ def _documents(docs: Sequence[data_lib.Doc]):
 def index_stage(ctx: Context) -> tuple[Path, dict]:
   def build(folder: Path) -> dict:
     from ftjax.retrieval import IndexConfig, RetrievalIndex
+    _quiet_bm25s()
     r = ctx.config.retrieval
     dense = r.method != "bm25"
     ctx.progress.say(f"[index] building a {'BM25 + dense' if dense else 'BM25'} index of "
@@ -119,9 +119,15 @@ def index_stage(ctx: Context) -> tuple[Path, dict]:
   return ctx.cache.run("index", index_key(ctx), build)
 
 
+def _quiet_bm25s():
+  # bm25s sets its logger to DEBUG on import; keep the progress lines readable.
+  logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
 def open_index(ctx: Context, folder: Path):
   if folder not in ctx._indexes:
     from ftjax.retrieval import RetrievalIndex
+    _quiet_bm25s()
     ctx._indexes[folder] = RetrievalIndex.open(folder)
   return ctx._indexes[folder]
 
@@ -414,6 +420,7 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
   def build(folder: Path) -> dict:
     import shutil
     from ftjax.retrieval import RetrievalIndex
+    _quiet_bm25s()
     shutil.copytree(index_folder / "index", folder / "index")
     index = RetrievalIndex.open(folder / "index")
     started = time.perf_counter()
