@@ -95,9 +95,11 @@ def _flatten(cfg, prefix=""):
       yield name, value
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys and types against `base_config()` and the values that must agree."""
-  reference = dict(_flatten(base_config()))
+def check_keys_and_types(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                         choices: dict[str, tuple]) -> dict:
+  """Every key of `config` exists in `schema` with a compatible type (and one of `choices` where
+  listed); returns the flattened config. Errors name the key."""
+  reference = dict(_flatten(schema))
   given = dict(_flatten(config))
   unknown = sorted(set(given) - set(reference))
   if unknown:
@@ -112,8 +114,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not ok:
       raise ConfigError(f"config key {key}: expected {type(expected).__name__}, "
                         f"got {type(value).__name__} ({value!r})")
-    if key in _CHOICES and value not in _CHOICES[key]:
-      raise ConfigError(f"config key {key}: {value!r} is not one of {_CHOICES[key]}")
+    if key in choices and value not in choices[key]:
+      raise ConfigError(f"config key {key}: {value!r} is not one of {choices[key]}")
+  return given
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys and types against `base_config()` and the values that must agree."""
+  given = check_keys_and_types(config, base_config(), _CHOICES)
   for key in ("seq_len", "batch_size", "grad_accum_steps", "num_steps", "lora.rank",
               "checkpoint.every_steps", "log_every_steps"):
     if given[key] < 1:

@@ -14,7 +14,7 @@ import re
 import ml_collections
 
 from ftjax.checkpoints.registry import DEFAULT_ENCODER
-from ftjax.config import ConfigError, _flatten, base_config
+from ftjax.config import ConfigError, _flatten, base_config, check_keys_and_types
 from ftjax.config import validate as validate_training
 from ftjax.prompts import DEFAULT_CAG_INSTRUCTION, DEFAULT_RAG_INSTRUCTION
 
@@ -115,30 +115,9 @@ def experiment_config() -> ml_collections.ConfigDict:
 _CHOICES = {"retrieval.method": METHODS, "finetune_source": SOURCES, "dtype": ("float32", "bfloat16")}
 
 
-def _check_types(config: ml_collections.ConfigDict) -> dict:
-  reference = dict(_flatten(experiment_config()))
-  given = dict(_flatten(config))
-  unknown = sorted(set(given) - set(reference))
-  if unknown:
-    raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-  for key, value in given.items():
-    expected = reference[key]
-    ok = isinstance(value, type(expected)) or (
-        isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(expected, tuple) and isinstance(value, list))
-    if isinstance(expected, int) and isinstance(value, bool) and not isinstance(expected, bool):
-      ok = False
-    if not ok:
-      raise ConfigError(f"config key {key}: expected {type(expected).__name__}, "
-                        f"got {type(value).__name__} ({value!r})")
-    if key in _CHOICES and value not in _CHOICES[key]:
-      raise ConfigError(f"config key {key}: {value!r} is not one of {_CHOICES[key]}")
-  return given
-
-
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Keys, types and values; the fine-tuning recipe through the training validator."""
-  _check_types(config)
+  check_keys_and_types(config, experiment_config(), _CHOICES)
   unknown_arms = [a for a in config.arms if a not in ARMS]
   if unknown_arms or not config.arms:
     raise ConfigError(f"config key arms: unknown arm(s) {unknown_arms or '(none given)'}; "
