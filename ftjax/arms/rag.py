@@ -19,7 +19,9 @@ fine-tuned on them sees at inference exactly the format it was trained on.
 
 `answer` retrieves, builds the prompts and calls the one generation function of the project
 (`ftjax.generate.generate`), and records with every answer the passages used (doc id, chunk id,
-score, tokens kept) and the prompt's token count.
+score, tokens kept) and the prompt's token count. It takes the caller's `groups` and passes them
+to the search, so no passage the caller may not see (`ftjax.retrieval.corpus.visible`) is
+retrieved, quoted or counted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ftjax.generate import SamplingConfig, encode_prompts, generate
 from ftjax.prompts import question_messages
 from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
 from ftjax.prompts import render_rag_prompt as render_prompt
+from ftjax.retrieval.corpus import visible
 
 TRUNCATION_MARK = " ..."
 
@@ -133,7 +136,8 @@ def model_generate_fn(model, sampling=None, system_prompt: str = "") -> Callable
 def answer(questions: Sequence[str], search: Callable[[list[str], int], list[list[Any]]],
            generator, *, tokenizer=None, k: int = 5, max_prompt_tokens: int = 1024,
            instruction: str = DEFAULT_INSTRUCTION, sampling=None,
-           min_passage_tokens: int = 16, system_prompt: str = "") -> list[RagAnswer]:
+           min_passage_tokens: int = 16, system_prompt: str = "",
+           groups: Sequence[str] | None = None) -> list[RagAnswer]:
   """Retrieve-then-generate for a batch of questions.
 
   `search(questions, k)` returns ranked passages per question (e.g.
@@ -141,6 +145,10 @@ def answer(questions: Sequence[str], search: Callable[[list[str], int], list[lis
   (`ftjax.load(...)`, whose tokenizer counts the budget) or a callable
   `prompts -> completions` (objects with `text`, `num_prompt_tokens`, `finish_reason`), which
   then needs `tokenizer`. A fine-tuned model (`ftjax.load(WORKDIR)`) brings its adapters.
+
+  `groups` are the caller's: given, they go to `search(questions, k, groups=groups)` (as
+  `index.search` takes them). Either way a passage whose `acl` the caller does not share is
+  dropped before the prompt is built (None: public passages only).
   """
   questions = list(questions)
   if hasattr(generator, "params"):  # a loaded model (ftjax.Pretrained)
@@ -150,7 +158,12 @@ def answer(questions: Sequence[str], search: Callable[[list[str], int], list[lis
     generate_fn = generator
     if tokenizer is None:
       raise ValueError("pass the generator's tokenizer: it counts the prompt budget")
-  retrieved = search(questions, k)
+  if isinstance(groups, str):
+    raise TypeError("groups must be a list of group names, not one string")
+  retrieved = search(questions, k) if groups is None else search(questions, k, groups=groups)
+  caller = frozenset(groups or ())
+  retrieved = [[p for p in passages if visible(getattr(p, "acl", None), caller)]
+               for passages in retrieved]
   prompts = [build_prompt(q, passages, tokenizer, max_prompt_tokens, instruction,
                           min_passage_tokens, system_prompt)
              for q, passages in zip(questions, retrieved)]
@@ -167,15 +180,19 @@ class RagAnswerer:
 
   def __init__(self, name: str, model, search: Callable[[list[str], int], list[list[Any]]],
                sampling: SamplingConfig, *, k: int, max_prompt_tokens: int,
-               instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = ""):
+               instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = "",
+               groups: Sequence[str] | None = None):
     self.name, self.model, self.search, self.sampling = name, model, search, sampling
     self.k, self.max_prompt_tokens = k, max_prompt_tokens
     self.instruction, self.system_prompt = instruction, system_prompt
+    self.groups = groups  # the caller's; None: public documents only
 
-  def answer(self, questions: Sequence[str]) -> list:
+  def answer(self, questions: Sequence[str], groups: Sequence[str] | None = None) -> list:
+    """`groups` (default: the answerer's) limit what is retrieved (see `answer`)."""
     from ftjax.arms.base import Answer
     answers = answer(questions, self.search, self.model, k=self.k,
                      max_prompt_tokens=self.max_prompt_tokens, instruction=self.instruction,
-                     sampling=self.sampling, system_prompt=self.system_prompt)
+                     sampling=self.sampling, system_prompt=self.system_prompt,
+                     groups=self.groups if groups is None else groups)
     return [Answer(a.answer, a.num_prompt_tokens, a.num_new_tokens, a.finish_reason,
                    passages=tuple(p.doc_id for p in a.passages)) for a in answers]

@@ -4,7 +4,7 @@ encoder in `ftjax.models.bert`.
 
   index = RetrievalIndex.create("runs/index")          # or RetrievalIndex.open(...)
   index.add(read_jsonl("docs.jsonl"))                  # replace(...), delete([...]) later
-  hits = index.search(["who designed ...?"], k=5, method="hybrid")
+  hits = index.search(["who designed ...?"], k=5, method="hybrid", groups=["hr"])
 """
 
 # The encoder lives in ftjax.models.bert; Encoder and load_encoder stay importable from here.
@@ -13,15 +13,15 @@ from ftjax.retrieval.corpus import (Chunk, Corpus, CorpusError, Document, QAPair
                                     from_records, load_corpus, read_folder, read_jsonl, read_tfds)
 from ftjax.retrieval.dense import InputTooLongError, encode
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
-from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, IndexConfig, Passage,
-                                   QueryTruncatedWarning, RetrievalIndex, RetrievalIndexError,
-                                   UpdateReport)
+from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, IndexConfig,
+                                   IndexLockedError, Passage, QueryTruncatedWarning,
+                                   RetrievalIndex, RetrievalIndexError, UpdateReport)
 from ftjax.retrieval.metrics import evaluate, mrr, recall_at_k
 
 __all__ = [
-    "Chunk", "Corpus", "CorpusError", "Document", "EmptyIndexError", "EmptyQueryError", "Encoder",
-    "Hits", "IndexConfig", "InputTooLongError", "Passage", "QAPair", "QueryTruncatedWarning",
-    "RetrievalIndex", "RetrievalIndexError", "UpdateReport", "chunk_documents", "encode",
-    "evaluate", "from_records", "load_corpus", "load_encoder", "mrr", "read_folder", "read_jsonl",
-    "read_tfds", "recall_at_k", "reciprocal_rank_fusion",
+    "Chunk", "Corpus", "CorpusError", "Document", "EmptyIndexError", "EmptyQueryError",
+    "Encoder", "Hits", "IndexConfig", "IndexLockedError", "InputTooLongError", "Passage",
+    "QAPair", "QueryTruncatedWarning", "RetrievalIndex", "RetrievalIndexError", "UpdateReport",
+    "chunk_documents", "encode", "evaluate", "from_records", "load_corpus", "load_encoder",
+    "mrr", "read_folder", "read_jsonl", "read_tfds", "recall_at_k", "reciprocal_rank_fusion",
 ]

@@ -8,11 +8,15 @@
   python -m ftjax.retrieval search runs/index --queries questions.txt --json  # or a .jsonl
   python -m ftjax.retrieval evaluate runs/index --qa qa.jsonl --k 1,5,10 --method all
 
+Documents may carry `"acl": ["group", ...]`; `search` and `evaluate` see only public documents
+and those shared with `--groups a,b` (the caller's groups), and count only those. Updates wait
+up to `--lock_timeout` seconds for another process writing the same index.
+
 `search --json` writes one object per query: {"query", "hits": [{"rank", "doc_id", "chunk_id",
 "score", "text"}]}, plus "note" when fewer than k passages matched. `evaluate` reads
 {"question" or "input", "doc_id"} rows and reports recall@k and MRR over distinct documents.
-User errors (missing index or file, bad row, empty query, k < 1) print one `error:` line and
-exit with status 2.
+User errors (missing or corrupt index or file, bad row, empty query, k < 1, an index locked by
+another writer) print one `error:` line and exit with status 2.
 """
 
 import argparse
@@ -20,11 +24,16 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ftjax.retrieval import metrics
 from ftjax.retrieval.corpus import CorpusError, load_corpus
 from ftjax.retrieval.dense import InputTooLongError
 from ftjax.retrieval.index import (METHODS, EmptyQueryError, IndexConfig, RetrievalIndex,
                                    RetrievalIndexError)
+
+GROUPS_HELP = ("comma-separated groups of the caller: documents with an acl are seen only by "
+               "its groups (default: public documents only)")
 
 QUERY_KEYS = ("input", "question", "query")
 QUESTION_KEYS = ("input", "question")
@@ -44,13 +53,19 @@ def main(argv=None):
     sub.add_argument("index", help="index folder")
     return sub
 
-  create = command("create", "new empty index")
+  def writer(name, help_text):
+    sub = command(name, help_text)
+    sub.add_argument("--lock_timeout", type=float, default=RetrievalIndex.lock_timeout_s,
+                     help="seconds to wait for another process writing the index")
+    return sub
+
+  create = writer("create", "new empty index")
   create.add_argument("--bm25_only", action="store_true")
   create.add_argument("--chunk_tokens", type=int, default=IndexConfig.chunk_tokens)
   create.add_argument("--chunk_overlap", type=int, default=IndexConfig.chunk_overlap)
   for name in ("add", "replace"):
-    command(name, f"{name} documents").add_argument("source", help=".jsonl, folder or tfds:NAME")
-  command("delete", "delete documents by id").add_argument("doc_ids", nargs="+")
+    writer(name, f"{name} documents").add_argument("source", help=".jsonl, folder or tfds:NAME")
+  writer("delete", "delete documents by id").add_argument("doc_ids", nargs="+")
   search = command("search", "print the top passages for each query")
   search.add_argument("queries", nargs="*", help="query texts (or use --queries)")
   search.add_argument("--queries", dest="queries_file", metavar="FILE",
@@ -58,12 +73,14 @@ def main(argv=None):
   search.add_argument("--k", type=int, default=5)
   search.add_argument("--method", choices=METHODS, default="hybrid")
   search.add_argument("--json", action="store_true", help="one JSON object per query")
+  search.add_argument("--groups", help=GROUPS_HELP)
   evaluate = command("evaluate", "recall@k and MRR against gold document ids")
   evaluate.add_argument("--qa", required=True, metavar="FILE",
                         help='.jsonl rows with "question" (or "input") and "doc_id"')
   evaluate.add_argument("--k", default="1,5,10", help="comma-separated cut-offs")
   evaluate.add_argument("--method", choices=METHODS + ("all",), default="all")
   evaluate.add_argument("--json", action="store_true")
+  evaluate.add_argument("--groups", help=GROUPS_HELP)
   args = parser.parse_args(argv)
 
   try:
@@ -71,9 +88,16 @@ def main(argv=None):
   except (UsageError, CorpusError, RetrievalIndexError, EmptyQueryError,
           InputTooLongError) as err:
     parser.exit(2, f"error: {err}\n")
+  except OSError as err:  # e.g. an index folder we may not write
+    parser.exit(2, f"error: {err.filename or args.index}: {err.strerror or err}\n")
 
 
 def run(args):
+  if hasattr(args, "lock_timeout"):
+    if not args.lock_timeout >= 0:
+      raise UsageError(f"--lock_timeout must be >= 0, got {args.lock_timeout}")
+    RetrievalIndex.lock_timeout_s = args.lock_timeout
+  groups = _parse_groups(getattr(args, "groups", None))
   if args.command == "create":
     config = IndexConfig(dense=not args.bm25_only, chunk_tokens=args.chunk_tokens,
                          chunk_overlap=args.chunk_overlap)
@@ -98,9 +122,13 @@ def run(args):
   elif args.command == "delete":
     print(index.delete(args.doc_ids))
   elif args.command == "search":
-    _search(index, queries, args.k, args.method, args.json)
+    _search(index, queries, args.k, args.method, args.json, groups)
   else:
-    _evaluate(index, questions, gold, ks, args.method, args.json)
+    _evaluate(index, questions, gold, ks, args.method, args.json, groups)
+
+
+def _parse_groups(text: str | None) -> list[str]:
+  return [] if text is None else [g.strip() for g in text.split(",") if g.strip()]
 
 
 def _check_k(k: int):
@@ -211,10 +239,12 @@ def shortfall_note(found: int, k: int, method: str, num_chunks: int) -> str | No
   return f"{method} found {found} of k={k} hits ({why})"
 
 
-def _search(index: RetrievalIndex, queries: list[str], k: int, method: str, as_json: bool):
-  results = index.search(queries, k, method)
+def _search(index: RetrievalIndex, queries: list[str], k: int, method: str, as_json: bool,
+            groups: list[str]):
+  results = index.search(queries, k, method, groups=groups)
+  num_visible = int(index.visible_rows(groups).sum())
   for number, (query, passages) in enumerate(zip(queries, results), 1):
-    note = shortfall_note(len(passages), k, method, index.num_chunks)
+    note = shortfall_note(len(passages), k, method, num_visible)
     if note:
       print(f"query {number}: {note}", file=sys.stderr)
     if as_json:
@@ -231,26 +261,27 @@ def _search(index: RetrievalIndex, queries: list[str], k: int, method: str, as_j
 
 
 def ranked_doc_ids(index: RetrievalIndex, questions: list[str], method: str,
-                   num_docs: int) -> list[list[str]]:
+                   num_docs: int, groups: list[str] | None = None) -> list[list[str]]:
   """The first `num_docs` distinct documents retrieved for each question. Several chunks of one
   document count once, so a question is searched deeper (doubling k) until it has `num_docs`
   documents or the retriever runs out."""
+  num_visible = int(index.visible_rows(groups).sum())
   ranked: list[list[str]] = [[] for _ in questions]
   todo, depth = list(range(len(questions))), num_docs
   while todo:
-    results = index.search([questions[i] for i in todo], depth, method)
+    results = index.search([questions[i] for i in todo], depth, method, groups=groups)
     deeper = []
     for i, passages in zip(todo, results):
       ranked[i] = metrics.distinct([p.doc_id for p in passages])[:num_docs]
-      cut_off = len(passages) == depth and depth < index.num_chunks  # more may follow
+      cut_off = len(passages) == depth and depth < num_visible  # more may follow
       if len(ranked[i]) < num_docs and cut_off:
         deeper.append(i)
-    todo, depth = deeper, min(2 * depth, index.num_chunks)
+    todo, depth = deeper, min(2 * depth, num_visible)
   return ranked
 
 
 def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]], ks: list[int],
-              method: str, as_json: bool):
+              method: str, as_json: bool, groups: list[str]):
   methods = list(METHODS) if method == "all" else [method]
   if not index.config.dense:
     if method == "all":
@@ -258,16 +289,18 @@ def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]],
       print("note: BM25-only index: evaluating bm25 only", file=sys.stderr)
     elif method != "bm25":
       raise UsageError(f"{index.path}: BM25-only index; use --method bm25")
-  indexed = index.doc_rows()
-  unknown = [i for i, g in enumerate(gold) if not g & indexed.keys()]
+  visible_rows = index.visible_rows(groups)
+  indexed = {index.chunks[row].doc_id for row in np.flatnonzero(visible_rows)}
+  unknown = [i for i, g in enumerate(gold) if not g & indexed]
   if unknown:
     example = sorted(gold[unknown[0]])[0]
     print(f"warning: {len(unknown)} of {len(questions)} questions have no gold document in the "
-          f"index (first: {example!r}); they count as misses", file=sys.stderr)
+          f"index visible to the caller (first: {example!r}); they count as misses",
+          file=sys.stderr)
   mrr_key = f"mrr@{ks[-1]}"
   results = {}
   for name in methods:
-    scores = metrics.evaluate(ranked_doc_ids(index, questions, name, ks[-1]), gold, ks)
+    scores = metrics.evaluate(ranked_doc_ids(index, questions, name, ks[-1], groups), gold, ks)
     scores[mrr_key] = scores.pop("mrr")  # over the first max(k) documents
     results[name] = scores
   if as_json:
@@ -275,8 +308,8 @@ def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]],
                       "results": results}))
     return
   columns = [f"recall@{k}" for k in ks] + [mrr_key]
-  print(f"{len(questions)} questions, {index.num_documents} documents, "
-        f"{index.num_chunks} passages")
+  print(f"{len(questions)} questions, {len(indexed)} documents, "
+        f"{int(visible_rows.sum())} passages")
   print(f"{'method':8}" + "".join(f"{c:>11}" for c in columns))
   for name, scores in results.items():
     print(f"{name:8}" + "".join(f"{scores[c]:>11.3f}" for c in columns))

@@ -9,6 +9,7 @@ integer arrays, with no text processing and no re-encoding.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,13 +29,36 @@ def term_ids(tokenizer, texts: list[str], update_vocab: bool) -> list[np.ndarray
   return [np.asarray(x, np.int32) for x in ids]
 
 
-def save_vocab(tokenizer, folder: Path):
-  tokenizer.save_vocab(str(folder), "bm25_vocab.json")
+def vocab_size(tokenizer) -> int:
+  return len(tokenizer.word_to_id)
 
 
-def load_vocab(tokenizer, folder: Path):
-  if (folder / "bm25_vocab.json").is_file():
-    tokenizer.load_vocab(str(folder), "bm25_vocab.json")
+def vocab_bytes(tokenizer) -> bytes:
+  """The vocabulary as bm25s' `save_vocab` writes it (the caller writes the file atomically)."""
+  return json.dumps({"word_to_stem": tokenizer.word_to_stem, "stem_to_sid": tokenizer.stem_to_sid,
+                     "word_to_id": tokenizer.word_to_id}, ensure_ascii=False).encode("utf-8")
+
+
+def load_vocab(tokenizer, path: Path, size: int | None = None):
+  """Reads a saved vocabulary, keeping the first `size` term ids (all if None).
+
+  The vocabulary only grows, so its first `size` ids are exactly the vocabulary of the commit
+  that recorded `size`: words added by a later (or interrupted) update are dropped. Raises
+  ValueError for a file that is not a vocabulary.
+  """
+  vocab = json.loads(path.read_text(encoding="utf-8"))
+  if not isinstance(vocab, dict) or not all(
+      isinstance(vocab.get(key), dict) for key in ("word_to_stem", "stem_to_sid", "word_to_id")):
+    raise ValueError("not a BM25 vocabulary")
+  word_to_id = vocab["word_to_id"]
+  if size is not None:
+    if len(word_to_id) < size:
+      raise ValueError(f"{len(word_to_id)} words, the manifest expects {size}")
+    word_to_id = {word: i for word, i in word_to_id.items() if i < size}
+  tokenizer.word_to_id = word_to_id
+  tokenizer.word_to_stem = {w: s for w, s in vocab["word_to_stem"].items() if w in word_to_id}
+  tokenizer.stem_to_sid = {s: i for s, i in vocab["stem_to_sid"].items()
+                           if size is None or i < size}
 
 
 class Bm25(NamedTuple):

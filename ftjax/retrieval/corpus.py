@@ -8,6 +8,10 @@ Chunks are windows of `chunk_tokens` word pieces (of the dense encoder's tokeniz
 fits the encoder) that overlap by `overlap` pieces. Windows start and end at whitespace and
 a chunk's text is the exact substring of its document, so chunk ids `"{doc_id}#{i}"` and offsets
 point back to the source.
+
+Access control: a document may carry `acl`, the groups allowed to see it (`"acl": ["hr", "legal"]`
+in JSONL). A document without one is public. `visible(acl, groups)` is the one rule every search
+path applies; its chunks carry the same ACL.
 """
 
 from __future__ import annotations
@@ -17,11 +21,31 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 
 class CorpusError(ValueError):
   """Malformed corpus input; the message names the file, line or key."""
+
+
+def check_acl(acl) -> tuple[str, ...] | None:
+  """None (public) or a non-empty tuple of group names; raises ValueError otherwise."""
+  if acl is None:
+    return None
+  if isinstance(acl, (str, bytes)) or not isinstance(acl, Sequence):
+    raise ValueError(f"acl must be a list of group names, got {type(acl).__name__}")
+  if not acl:
+    raise ValueError("acl is empty (no one could see the document); leave it out for a public "
+                     "document")
+  for group in acl:
+    if not isinstance(group, str) or not group.strip():
+      raise ValueError(f"acl group names must be non-empty strings, got {group!r}")
+  return tuple(acl)
+
+
+def visible(acl: Sequence[str] | None, groups: frozenset[str]) -> bool:
+  """A caller in `groups` may see a document with `acl` (None: public)."""
+  return acl is None or not groups.isdisjoint(acl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +53,17 @@ class Document:
   doc_id: str
   text: str
   title: str = ""
+  acl: tuple[str, ...] | None = None  # groups that may see it; None: public
+
+  def __post_init__(self):
+    object.__setattr__(self, "acl", check_acl(self.acl))
 
   @property
   def content_hash(self) -> str:
-    return hashlib.sha1(f"{self.title}\0{self.text}".encode()).hexdigest()
+    # The ACL is part of the content (a changed ACL is a replacement); public documents hash as
+    # they did before ACLs existed, so older indexes see no change.
+    acl = "" if self.acl is None else "\0acl:" + ",".join(sorted(self.acl))
+    return hashlib.sha1(f"{self.title}\0{self.text}{acl}".encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +74,7 @@ class Chunk:
   start_char: int  # text == document.text[start_char:end_char]
   end_char: int
   doc_hash: str = ""
+  acl: tuple[str, ...] | None = None  # the document's; None: public
 
   @property
   def chunk_id(self) -> str:
@@ -109,9 +141,13 @@ def _record_to_document(record, index, loc, id_key, text_key, title_key, source)
   title = _as_str(record[title_key], loc, title_key) if title_key is not None else ""
   if not doc_id:
     raise CorpusError(f"{loc}: empty document id in key {id_key!r}")
+  try:
+    acl = check_acl(record.get("acl"))
+  except ValueError as err:
+    raise CorpusError(f"{loc}: {err}") from None
   if not text.strip():
     return f"document {doc_id!r} has empty text"
-  return Document(doc_id, text, title)
+  return Document(doc_id, text, title, acl)
 
 
 def _as_str(value, loc, key) -> str:
@@ -124,14 +160,19 @@ def _as_str(value, loc, key) -> str:
 
 def read_jsonl(path: str | os.PathLike, *, id_key: str | None = "id", text_key: str = "text",
                title_key: str | None = None) -> Corpus:
-  """One JSON object per line; blank lines are ignored."""
+  """One JSON object per line (with an optional "acl" list); blank lines are ignored."""
   path = Path(path)
   if not path.is_file():
     raise CorpusError(f"{path}: no such file")
 
   def rows():
-    with path.open(encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+      for lineno, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+          raise CorpusError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of the line)"
+                            ) from None
         if not line.strip():
           continue
         try:
@@ -231,7 +272,7 @@ def chunk_documents(documents: Iterable[Document], tokenizer, chunk_tokens: int 
         end -= 1
       start_char, end_char = offsets[begin][0], offsets[end - 1][1]
       chunks.append(Chunk(doc.doc_id, index, doc.text[start_char:end_char], start_char, end_char,
-                          doc.content_hash))
+                          doc.content_hash, doc.acl))
       if end >= n:
         break
       next_begin = max(end - overlap, begin + 1)

@@ -226,6 +226,20 @@ def place_index(embeddings: np.ndarray, valid: np.ndarray | None = None,
                      mesh, axis, copies)
 
 
+def restrict(index: DeviceIndex, embeddings: np.ndarray, valid: np.ndarray) -> DeviceIndex:
+  """`index` searching only the rows where `valid` ([n] bool, n = embeddings rows): the
+  embeddings stay where they are on the devices; only the row mask (and the copies among the
+  remaining rows) is new. Rows outside `valid` are never returned, and the top-k is taken over
+  the remaining rows."""
+  n = embeddings.shape[0]
+  ok = np.zeros(index.valid.shape[0], bool)
+  ok[:n] = valid
+  copies = find_copies(embeddings, ok[:n])
+  for later in copies.values():
+    ok[later] = False
+  return index._replace(valid=jax.device_put(ok, index.valid.sharding), copies=copies)
+
+
 def search(index: DeviceIndex, queries: np.ndarray, k: int, query_batch: int = 256
            ) -> tuple[np.ndarray, np.ndarray]:
   """Top-k rows for each query embedding: ([q, k] float32 scores, [q, k] int64 rows).
