@@ -56,6 +56,12 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"  # none | full | dots | dots_no_batch
+  # Training/scoring attention kernel (ftjax.models.attention): auto | xla | cudnn | pallas_gpu
+  # | splash. "auto" picks the backend's fused kernel where it applies, else the reference.
+  attention_impl: str = "auto"
+  # Training loss: logits are computed this many positions at a time (and recomputed in the
+  # backward pass), so [batch, seq, vocab] fp32 logits never exist at once. 0: all at once.
+  loss_chunk: int = 0
   # LoRA (training-time): adapters live in the `lora` collection; these say how they are applied.
   lora_scale: float = 1.0  # alpha / rank
   lora_dropout: float = 0.0

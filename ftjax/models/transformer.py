@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.models import attention as attention_lib
 from ftjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -136,8 +137,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, layer_cache, cache_index, deterministic,
-               prefix_kv=None, prefix_mask=None):
-    """`prefix_kv` {"k", "v": [prefix_slots, kv_heads, head_dim]} (no batch axis: shared by every
+               prefix_kv=None, prefix_mask=None, segment_ids=None, is_sliding=None):
+    """Training / scoring (no cache): `segment_ids` [batch, seq] and the layer's `is_sliding`
+    flag go to `attention.dot_product_attention`, which picks the kernel (`mask` is None).
+    Decoding: `mask` [batch, seq, cache_slots] over the cache.
+
+    `prefix_kv` {"k", "v": [prefix_slots, kv_heads, head_dim]} (no batch axis: shared by every
     row) and `prefix_mask` [batch, seq, prefix_slots]: keys that precede the cache's, attended to
     in the same softmax."""
     cfg = self.cfg
@@ -172,20 +177,24 @@ class Attention(nn.Module):
 
     b, t = q.shape[:2]
     group = h // kv
-    q = q.reshape(b, t, kv, group, d)
     scale = cfg.query_scale if cfg.query_scale is not None else d ** -0.5
+    if layer_cache is None and prefix_kv is None:
+      out = attention_lib.dot_product_attention(
+          q, k, v, segment_ids, scale=scale, softcap=cfg.attn_logit_softcap,
+          sliding_window=cfg.sliding_window if any(cfg.layer_is_sliding) else None,
+          is_sliding=is_sliding, implementation=cfg.attention_impl)
+      out = _constrain(out, ("activation_batch", "activation_length", "activation_heads",
+                             "head_dim"))
+      return proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
+          out, deterministic), None
+    q = q.reshape(b, t, kv, group, d)
     if prefix_kv is not None:
       out = _attend_with_prefix(cfg, q * jnp.asarray(scale, dt), k, v, mask,
                                 prefix_kv["k"].astype(dt), prefix_kv["v"].astype(dt), prefix_mask)
       out = out.reshape(b, t, h, d)
     else:
-      scores = jnp.einsum("btkgd,bskd->bkgts", q * jnp.asarray(scale, dt), k,
-                          preferred_element_type=jnp.float32)
-      if cfg.attn_logit_softcap:
-        scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-      scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-      probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+      out = attention_lib.attention_with_mask(q.reshape(b, t, h, d), k, v, mask, scale=scale,
+                                              softcap=cfg.attn_logit_softcap)
     out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     out = proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
         out, deterministic)
@@ -239,8 +248,10 @@ class DecoderLayer(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
     is_sliding, layer_cache, layer_prefix = layer_inputs
-    full_mask, sliding_mask, prefix_masks = masks
-    mask = full_mask if sliding_mask is None else jnp.where(is_sliding, sliding_mask, full_mask)
+    full_mask, sliding_mask, prefix_masks, segment_ids = masks
+    mask = full_mask
+    if sliding_mask is not None:
+      mask = jnp.where(is_sliding, sliding_mask, full_mask)
     prefix_mask = None
     if prefix_masks is not None:
       prefix_full, prefix_sliding = prefix_masks
@@ -252,7 +263,8 @@ class DecoderLayer(nn.Module):
 
     h = norm(name="input_layernorm")(x)
     h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, cache_index,
-                                                   deterministic, layer_prefix, prefix_mask)
+                                                   deterministic, layer_prefix, prefix_mask,
+                                                   segment_ids, is_sliding)
     if cfg.post_norms:
       h = norm(name="post_attention_layernorm")(h)
       x = x + h
@@ -312,7 +324,7 @@ class Transformer(nn.Module):
                cache: dict | None = None, cache_index: Array | None = None,
                kv_valid: Array | None = None, deterministic: bool = True,
                last_only: bool = False, prefix: dict | None = None,
-               prefix_valid: Array | None = None):
+               prefix_valid: Array | None = None, return_hidden: bool = False):
     """Runs the decoder.
 
     Training / scoring (cache is None): `segment_ids` [batch, seq] (0 = padding) keep packed
@@ -324,6 +336,8 @@ class Transformer(nn.Module):
     row also reads those keys, shared by the whole batch: prefix slot i holds position i and
     `prefix_valid` [prefix_slots] says which slots hold real tokens. The cache then holds only
     what follows the prefix; `positions` count on from the prefix's length.
+    `return_hidden` returns the final-normed hidden states [batch, seq, hidden] instead of logits
+    (the loss then applies `lm_head_weights` in chunks, never holding every position's logits).
     """
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -335,23 +349,23 @@ class Transformer(nn.Module):
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, dt)
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
-    if cache is None:
-      slots = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    if cache is None:  # the attention function builds its own mask (or none, in a kernel)
       if segment_ids is None:
         segment_ids = jnp.ones((batch, seq), jnp.int32)
-      masks = attention_masks(cfg, slots, slots, segment_ids != 0, segment_ids, segment_ids)
+      masks = (None, None)
       cache_index = jnp.zeros((), jnp.int32)
     else:
       max_len = cache["k"].shape[2]
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
       masks = attention_masks(cfg, q_slots, k_slots, kv_valid)
+      segment_ids = None
     prefix_masks = None
     if prefix is not None:
       if cache is None:
         raise ValueError("a shared prefix needs a decoding cache")
       prefix_masks = prefix_attention_masks(cfg, positions, prefix_valid)
-    masks = (*masks, prefix_masks)
+    masks = (*masks, prefix_masks, segment_ids)
     rope = (rope_tables(cfg, positions),
             rope_tables(cfg, positions, local=True) if cfg.rope_local_theta else None)
 
@@ -374,6 +388,11 @@ class Transformer(nn.Module):
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
     if last_only:
       x = x[:, -1:]
+    if return_hidden:
+      if not cfg.tie_word_embeddings:  # create the head's param at init time all the same
+        _param(self, "lm_head", nn.initializers.lecun_normal(),
+               (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+      return x, new_cache
     if cfg.tie_word_embeddings:
       logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt),
                           preferred_element_type=jnp.float32)
@@ -405,6 +424,27 @@ def logical_param_specs(cfg: ModelConfig) -> Any:
   tokens = jnp.zeros((1, 1), jnp.int32)
   abstract = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens, tokens))
   return nn.get_partition_spec(abstract)["params"]
+
+
+def lm_head_weights(cfg: ModelConfig, params) -> tuple[Array, str]:
+  """The output projection and its einsum subscript: ([vocab, hidden], "ve") when tied to the
+  embedding, else ([hidden, vocab], "ev")."""
+  if cfg.tie_word_embeddings:
+    return params["embedding"], "ve"
+  return params["lm_head"], "ev"
+
+
+def hidden_states(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, lora=None,
+                  deterministic=True, rngs=None):
+  """The final-normed hidden states [batch, seq, hidden] (in cfg.dtype), before the head."""
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  variables = {"params": params}
+  if lora is not None:
+    variables["lora"] = lora
+  hidden, _ = Transformer(cfg).apply(variables, tokens, positions, segment_ids,
+                                     deterministic=deterministic, rngs=rngs, return_hidden=True)
+  return hidden
 
 
 def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, lora=None,

@@ -20,7 +20,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ftjax.models.config import ModelConfig
-from ftjax.models.transformer import forward
+from ftjax.models.transformer import forward, hidden_states, lm_head_weights
+from ftjax.training.loss import chunked_token_losses, token_cross_entropy
 from ftjax.sharding import BATCH_AXES
 
 Batch = dict[str, jax.Array]
@@ -35,9 +36,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = Non
   """
   vocab = logits.shape[-1]
   if mesh is None or mesh.shape["tensor"] == 1 or vocab % mesh.shape["tensor"]:
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return logz - target_logit
+    return token_cross_entropy(logits, targets)
 
   def local(logits_shard, targets_shard):
     shard_vocab = logits_shard.shape[-1]
@@ -60,7 +59,21 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = Non
 
 def token_losses(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
                  deterministic: bool) -> jax.Array:
-  """-log p(target) at every position of the batch: [batch, seq], fp32, unmasked."""
+  """-log p(target) at every position of the batch: [batch, seq], fp32, unmasked.
+
+  With `model_cfg.loss_chunk` the logits are made a chunk of positions at a time (see
+  `ftjax.training.loss`), except on a vocab-sharded (`tensor`) mesh, where the vocab-parallel
+  softmax below already keeps each device's logits to its share of the vocabulary.
+  """
+  vocab_parallel = mesh is not None and mesh.shape["tensor"] > 1
+  if model_cfg.loss_chunk and not vocab_parallel:
+    hidden = hidden_states(model_cfg, params, batch["inputs"], batch["positions"],
+                           batch["segment_ids"], lora=lora, deterministic=deterministic,
+                           rngs=None if rng is None else {"dropout": rng})
+    head, layout = lm_head_weights(model_cfg, params)
+    return chunked_token_losses(hidden, head, layout, batch["targets"],
+                                chunk=model_cfg.loss_chunk,
+                                softcap=model_cfg.final_logit_softcap)
   logits = forward(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
                    lora=lora, deterministic=deterministic,
                    rngs=None if rng is None else {"dropout": rng})
@@ -126,8 +139,19 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss_sum / denom, "target_tokens": num_tokens,
-               "grad_norm": optax.global_norm(grads)}
+    loss = loss_sum / denom
+    # A non-finite loss or gradient, or an update that overflows the params, is skipped: params
+    # and optimizer state stay as they were, the step still counts. Decided on device (no host
+    # sync); the loop stops the run after too many in a row.
+    def all_finite(tree):
+      return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
+    keep_if_finite = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_if_finite, params, state["params"])
+    opt_state = jax.tree.map(keep_if_finite, opt_state, state["opt_state"])
+    metrics = {"loss": loss, "target_tokens": num_tokens, "grad_norm": optax.global_norm(grads),
+               "nonfinite": 1.0 - finite.astype(jnp.float32)}
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, metrics
 
