@@ -6,6 +6,8 @@ runs at start: unknown keys, wrong types and inconsistent values fail with the k
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -66,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
 
+  c.train = ml_collections.ConfigDict()
+  # A step whose loss or gradient is NaN/inf is skipped (params unchanged); this many in a row
+  # stop the run as diverged.
+  c.train.max_consecutive_nonfinite = 5
+
   c.eval_every_steps = 50  # 0: only at the end
   c.log_every_steps = 10
   c.peak_tflops_per_device = 0.0  # for MFU; 0: look the device up, else MFU is not reported
@@ -123,15 +130,31 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and types against `base_config()` and the values that must agree."""
   given = check_keys_and_types(config, base_config(), _CHOICES)
   for key in ("seq_len", "batch_size", "grad_accum_steps", "num_steps", "lora.rank",
-              "checkpoint.every_steps", "log_every_steps"):
+              "checkpoint.every_steps", "checkpoint.keep", "log_every_steps",
+              "train.max_consecutive_nonfinite"):
     if given[key] < 1:
       raise ConfigError(f"config key {key}: must be >= 1, got {given[key]}")
+  for key in ("optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip_norm",
+              "eval_every_steps", "mesh.num_devices", "peak_tflops_per_device"):
+    if not given[key] >= 0:  # `not >=` also refuses NaN
+      raise ConfigError(f"config key {key}: must be >= 0, got {given[key]}")
+  for key in ("optimizer.learning_rate", "optimizer.eps", "lora.alpha"):
+    if not 0 < given[key] < math.inf:
+      raise ConfigError(f"config key {key}: must be finite and > 0, got {given[key]}")
+  for key in ("optimizer.b1", "optimizer.b2", "lora.dropout"):
+    if not 0 <= given[key] < 1:
+      raise ConfigError(f"config key {key}: must be in [0, 1), got {given[key]}")
+  if not 0 <= given["optimizer.min_lr_ratio"] <= 1:
+    raise ConfigError(f"config key optimizer.min_lr_ratio: must be in [0, 1], "
+                      f"got {given['optimizer.min_lr_ratio']}")
+  for axis in ("data", "fsdp", "tensor"):
+    if given[f"mesh.{axis}"] < 1 and given[f"mesh.{axis}"] != -1:
+      raise ConfigError(f"config key mesh.{axis}: must be >= 1, or -1 (the remaining devices), "
+                        f"got {given[f'mesh.{axis}']}")
   if config.batch_size % config.grad_accum_steps:
-    raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by "
-                      f"grad_accum_steps ({config.grad_accum_steps})")
+    raise ConfigError(f"config key batch_size: batch_size ({config.batch_size}) must be "
+                      f"divisible by grad_accum_steps ({config.grad_accum_steps})")
   if not 0 <= config.data.eval_fraction < 1:
     raise ConfigError(f"config key data.eval_fraction: must be in [0, 1), "
                       f"got {config.data.eval_fraction}")
-  if config.optimizer.learning_rate <= 0:
-    raise ConfigError("config key optimizer.learning_rate: must be > 0")
   return config

@@ -4,6 +4,8 @@
 
 Reads top to bottom: config -> mesh -> model -> data -> state (`ftjax.training.state`: restore,
 or init, seeded from `init_from` if set) -> jit step -> loop (log, eval, checkpoint).
+A step with a NaN/inf loss or gradient is skipped (`skipped_steps` in the metrics);
+`train.max_consecutive_nonfinite` of them in a row stop the run with `TrainingDiverged`.
 `run(config, workdir)` is the same thing as a function, for the experiment runner. The workdir's
 model.json says what was trained, so `ftjax.load(workdir)` returns the trained model.
 """
@@ -11,8 +13,10 @@ model.json says what was trained, so `ftjax.load(workdir)` returns the trained m
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +57,14 @@ class TrainResult:
   trainable_params: int
   total_params: int
   preempted: bool = False
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class WorkdirError(OSError):
+  """The working directory cannot be created or written to."""
 
 
 def _versions() -> dict[str, str]:
@@ -99,11 +111,11 @@ class _Preemption:
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   """Trains as configured; resumes automatically from the latest checkpoint in `workdir`."""
   validate(config)
+  mesh, rules = make_train_mesh(config)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  _check_writable(workdir)
   is_main = jax.process_index() == 0
 
-  mesh, rules = make_train_mesh(config)
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy)
   if base.adapters is not None:
@@ -170,6 +182,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   progress = tqdm.tqdm(total=config.num_steps, initial=train.start_step, dynamic_ncols=True,
                        disable=not (is_main and sys.stderr.isatty()))
   step = train.start_step
+  # Counted over the whole run: saved beside the data position in each checkpoint.
+  skipped_steps = int((train.data_state or {}).get("skipped_steps", 0))
+  consecutive_nonfinite = 0
   try:
     while step < config.num_steps:
       batch, data_state = next(iterator)
@@ -179,10 +194,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - started
       step += 1
+      if metrics["nonfinite"]:
+        skipped_steps += 1
+        consecutive_nonfinite += 1
+      else:
+        consecutive_nonfinite = 0
+      data_state = {**data_state, "skipped_steps": skipped_steps}
       tokens = float(np.sum(batch["segment_ids"] != 0)) * jax.process_count()
       metrics.update(step=step, learning_rate=float(train.schedule(step - 1)),
                      step_seconds=seconds, tokens_per_second=tokens / seconds,
-                     epoch=data.epoch(data_state))
+                     epoch=data.epoch(data_state), skipped_steps=skipped_steps)
       if peak:
         metrics["mfu"] = flops * metrics["tokens_per_second"] / (peak * jax.device_count())
       history.append(metrics)
@@ -190,10 +211,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
       progress.set_postfix(loss=f"{metrics['loss']:.4f}",
                            tok_s=f"{metrics['tokens_per_second']:,.0f}",
                            mfu=f"{100 * metrics['mfu']:.1f}%" if "mfu" in metrics else "n/a")
-      writer.write(step, metrics, echo=step % config.log_every_steps == 0 or step == 1)
+      writer.write(step, metrics, echo=step % config.log_every_steps == 0 or step == 1
+                   or metrics["nonfinite"])
+      if consecutive_nonfinite >= config.train.max_consecutive_nonfinite:
+        checkpointer.wait()
+        last = checkpointer.latest_step()
+        raise TrainingDiverged(
+            f"training diverged: {consecutive_nonfinite} consecutive non-finite steps ending at "
+            f"step {step} (last finite checkpoint: "
+            f"{'none' if last is None else f'step {last}'}); lower optimizer.learning_rate or "
+            "check the data")
       if config.eval_every_steps and step % config.eval_every_steps == 0:
         evaluate(state, step)
-      checkpointer.save(step, state, data_state)
+      if not consecutive_nonfinite:  # a skipped step made nothing new: keep the older ones
+        checkpointer.save(step, state, data_state)
       if preemption.requested:
         checkpointer.save(step, state, data_state, force=True)
         if is_main:
@@ -216,17 +247,40 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
                      total_params=train.num_total, preempted=preemption.requested)
 
 
+def _check_writable(workdir: Path):
+  """WorkdirError (one line, no traceback) unless `workdir` exists or can be made, and takes
+  files: found now, not after the model and data are loaded."""
+  probe = workdir / f".ftjax-write-test-{jax.process_index()}"
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as err:
+    raise WorkdirError(f"workdir {workdir}: cannot write there "
+                       f"({err.strerror or type(err).__name__})") from None
+
+
 def _make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_main: bool):
   """Tokenised, packed train and eval batches for this process (TFDS files under the workdir
   unless data.data_dir says otherwise)."""
-  from ftjax.data import build_sft_data  # TF import is slow: only when training
+  from ftjax.data import DataConfigError, build_sft_data  # TF import is slow: only when training
   data_cfg = ml_collections.ConfigDict(config.data.to_dict())
   data_cfg.data_dir = config.data.data_dir or str(workdir / "tfds")
   if data_cfg.eval:  # an explicit eval file replaces the carved-out fraction
     data_cfg.eval_fraction = 0.0
-  data = build_sft_data(data_cfg, tokenizer, seq_len=config.seq_len,
-                        batch_size=config.batch_size, seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count())
+  try:
+    data = build_sft_data(data_cfg, tokenizer, seq_len=config.seq_len,
+                          batch_size=config.batch_size, seed=config.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+  except DataConfigError as err:
+    # Point to the data report only where one is written (an error may carry its report).
+    report = getattr(err, "report", None)
+    if report is not None and is_main:
+      report.write_json(workdir / "data_report.json")
+      message = str(err).replace("the data report", f"the data report {workdir}/data_report.json")
+    else:
+      message = str(err).replace(" (see the data report)", "")
+    raise (DataConfigError(message) if message != str(err) else err) from None
   if is_main:
     print(data.report.summary(), flush=True)
     data.report.write_json(workdir / "data_report.json")
@@ -255,28 +309,70 @@ def _user_errors():
   from ftjax.data import DataConfigError
   from ftjax.models.config import UnsupportedModelError
   from ftjax.sharding import MeshConfigError
-  return (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError, MeshConfigError)
+  return (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError, MeshConfigError,
+          TrainingDiverged, WorkdirError)
+
+
+def _check_override_keys(argv: list[str]):
+  """ConfigError naming an unknown key in a `--config.KEY=VALUE` override (absl's own message
+  names only the last part of the key)."""
+  from ftjax.config import _flatten, base_config
+  known = {name for name, _ in _flatten(base_config())}
+  for arg in argv[1:]:
+    match = re.match(r"--?config\.([^=\s]+)", arg)
+    if match and match[1] not in known:
+      close = difflib.get_close_matches(match[1], sorted(known), n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      raise ConfigError(f"config key {match[1]}: unknown{hint}")
+
+
+def _one_line(err: Exception) -> str:
+  return " ".join(str(err).split())  # absl's flag errors span lines
 
 
 def main(argv=None):
-  from absl import app, flags
+  """The command line. Every user error (config, data, checkpoint, divergence) ends it with one
+  `error: ...` line on stderr and exit status 2. Callable more than once in a process."""
+  from absl import flags, logging
   from ml_collections import config_flags
 
+  argv = list(sys.argv if argv is None else argv)
+  flag_values = flags.FlagValues()  # not absl's global FLAGS, so that main can run again
   config_flag = config_flags.DEFINE_config_file("config", None, "recipe file (configs/*.py)",
-                                                lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, resolved config)")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  def _main(_):
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    try:
-      run(config_flag.value, flags.FLAGS.workdir)
-    except _user_errors() as err:
-      print(f"error: {err}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(_main, argv=argv)
+                                                flag_values=flag_values, lock_config=True,
+                                                sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, resolved config)",
+                      flag_values=flag_values)
+  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+    print(f"{__doc__}\n{flag_values.get_help()}")
+    sys.exit(0)
+  try:
+    _check_override_keys(argv)
+    flag_values(argv)
+    for name in ("config", "workdir"):
+      if flag_values[name].value is None:
+        raise flags.Error(f"--{name} is required")
+    config = config_flag.value
+    config.keys()  # a recipe that failed to load raises only when it is first used
+  except ConfigError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+    # Mistyped --config.KEY=VALUE overrides, a missing or broken recipe file.
+    message = _one_line(err)
+    mistyped = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", message)
+    if mistyped:
+      message = f"config key {mistyped[1]}: cannot use {mistyped[2]!r} ({mistyped[3]})"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl logging otherwise warns that flags were not parsed
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  try:
+    run(config, flag_values.workdir)
+  except _user_errors() as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ its tokens apart, since a house style's boilerplate, repeated in every reply, do
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -158,9 +159,20 @@ def read_jsonl(path: str) -> ParsedFile:
   return ParsedFile(path, examples, bad)
 
 
+def _utf8_text(path: str) -> str:
+  """The file decoded as UTF-8 (a BOM dropped); DataConfigError naming file:line if it is not."""
+  raw = Path(path).read_bytes()
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as err:
+    line = raw[:err.start].count(b"\n") + 1
+    raise DataConfigError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start}); "
+                          "save the file as UTF-8") from None
+
+
 def read_csv(path: str) -> ParsedFile:
   examples, bad = [], []
-  with open(path, newline="", encoding="utf-8-sig") as f:
+  with io.StringIO(_utf8_text(path), newline="") as f:
     reader = csv.reader(f)
     header = [name.strip().lower() for name in next(reader, [])]
     if "output" not in header or not {"input", "instruction"} & set(header):
@@ -190,4 +202,8 @@ def read_csv(path: str) -> ParsedFile:
 def read_file(path: str, fmt: str = "auto") -> ParsedFile:
   if not Path(path).is_file():
     raise DataConfigError(f"{path}: no such data file")
-  return read_jsonl(path) if detect_format(path, fmt) == "jsonl" else read_csv(path)
+  reader = read_jsonl if detect_format(path, fmt) == "jsonl" else read_csv
+  try:
+    return reader(path)
+  except OSError as err:
+    raise DataConfigError(f"{path}: cannot read ({err.strerror or err})") from None

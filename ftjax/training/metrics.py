@@ -41,7 +41,10 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")
+      path = Path(workdir) / "metrics.jsonl"
+      self._jsonl = open(path, "a")
+      if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        self._jsonl.write("\n")  # a run killed mid-line: the resumed run starts a new line
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
@@ -54,7 +57,9 @@ class MetricWriter:
       if key != "step" and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, step)
     if echo:
-      shown = {k: v for k, v in metrics.items() if k in _SHOWN}
+      # skipped_steps only once a step was skipped (its loss or gradient was NaN/inf)
+      shown = {k: v for k, v in metrics.items()
+               if k in _SHOWN and not (k == "skipped_steps" and not v)}
       print(f"step {step}: " + "  ".join(_fmt(k, v) for k, v in shown.items()), flush=True)
 
   def close(self):
@@ -64,7 +69,7 @@ class MetricWriter:
 
 
 _SHOWN = ("loss", "grad_norm", "learning_rate", "tokens_per_second", "mfu", "epoch", "eval_loss",
-          "eval_perplexity", "eval_answer_loss")
+          "eval_perplexity", "eval_answer_loss", "skipped_steps")
 
 
 def _fmt(key, value):
@@ -74,4 +79,6 @@ def _fmt(key, value):
     return f"MFU {100 * value:.1f}%"
   if key == "learning_rate":
     return f"lr {value:.2e}"
+  if key == "skipped_steps":
+    return f"skipped_steps {value:d}"
   return f"{key} {value:.4g}"

@@ -8,6 +8,7 @@ it (`frozen`) and never enters the optimizer.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,15 +51,18 @@ class TrainState:
 def make_train_mesh(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
   """The device mesh and logical axis rules of `config`; checks that the batch divides them."""
   shape = {k: v for k, v in config.mesh.items() if k != "num_devices"}
+  if config.mesh.num_devices > jax.device_count():
+    raise ConfigError(f"config key mesh.num_devices: {config.mesh.num_devices} devices asked for, "
+                      f"{jax.device_count()} available")
   mesh = make_mesh(shape, jax.devices()[:config.mesh.num_devices or None])
   rules = tuple(tuple(r) for r in config.logical_axis_rules) + DEFAULT_RULES
   micro_batch = config.batch_size // config.grad_accum_steps
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro_batch % batch_shards:
-    raise ConfigError(f"micro-batch of {micro_batch} rows (batch_size / grad_accum_steps) is not "
+    raise ConfigError(f"config key batch_size: a micro-batch of {micro_batch} rows (batch_size / grad_accum_steps) is not "
                       f"divisible by the data x fsdp mesh size {batch_shards}")
   if config.batch_size % jax.process_count():
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
+    raise ConfigError(f"config key batch_size: {config.batch_size} is not divisible by "
                       f"{jax.process_count()} processes")
   return mesh, rules
 
@@ -178,8 +182,9 @@ def _init_from_step(config: ml_collections.ConfigDict) -> int:
 
 def restore_or_init(config: ml_collections.ConfigDict, base: Pretrained, mesh: Mesh, rules,
                     checkpointer: Checkpointer, workdir: str | Path) -> TrainState:
-  """The latest checkpoint in this run's `workdir` if there is one (init_from only seeds a fresh
-  run); else a fresh state, with the trained params of `config.init_from` if set."""
+  """The latest intact checkpoint in this run's `workdir` if there is one (init_from only seeds
+  a fresh run); else a fresh state, with the trained params of `config.init_from` if set.
+  Damaged checkpoints are set aside (`Checkpointer.restore_latest_intact`)."""
   latest = checkpointer.latest_step()
   init_from_step = None
   if latest is not None and (Path(workdir) / RUN_MODEL_FILE).is_file():
@@ -189,9 +194,18 @@ def restore_or_init(config: ml_collections.ConfigDict, base: Pretrained, mesh: M
 
   train = init_train_state(config, base, mesh, rules)
   if latest is not None:
-    state, data_state = checkpointer.restore(latest, abstract_like(train.state, train.shardings))
-    return dataclasses.replace(train, state=state, data_state=data_state,
-                               start_step=int(state["step"]))
+    try:
+      restored = checkpointer.restore_latest_intact(abstract_like(train.state, train.shardings))
+    except ConfigError as err:
+      raise ConfigError(f"workdir {workdir}: {err}") from None
+    if restored is not None:
+      _, state, data_state = restored
+      return dataclasses.replace(train, state=state, data_state=data_state,
+                                 start_step=int(state["step"]))
+    print(f"warning: no intact checkpoint in {checkpointer.directory}; starting from step 0",
+          file=sys.stderr, flush=True)
+    if config.init_from:
+      init_from_step = _init_from_step(config)
   if init_from_step is not None:
     return seed_from_run(train, config.init_from, init_from_step)
   return train
