@@ -17,6 +17,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (master weights stay param_dtype)
   c.param_dtype = "float32"
   c.remat_policy = "none"  # none | full | dots | dots_no_batch
+  # Training attention kernel (ftjax.models.attention): auto (the backend's fused kernel where it
+  # applies, else the reference) | xla | cudnn | pallas_gpu | splash.
+  c.attention = "auto"
+  # Loss over the vocabulary this many positions at a time (0: all at once); bounds the fp32
+  # logits' memory at large vocabularies (ftjax.training.loss).
+  c.loss_chunk = 0
   c.seed = 0
   # A finished run's workdir whose trained params (or LoRA adapters) start this run, with a fresh
   # optimizer at step 0; same model and LoRA rank/alpha/targets. Empty: start from `model`.
@@ -83,6 +89,7 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_dtype": ("float32", "bfloat16"),
     "remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "attention": ("auto", "xla", "cudnn", "pallas_gpu", "splash"),
     "data.format": ("auto", "jsonl", "csv"),
     "data.on_bad_rows": ("skip", "error"),
     "optimizer.schedule": ("cosine", "linear", "constant"),
@@ -135,7 +142,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if given[key] < 1:
       raise ConfigError(f"config key {key}: must be >= 1, got {given[key]}")
   for key in ("optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip_norm",
-              "eval_every_steps", "mesh.num_devices", "peak_tflops_per_device"):
+              "eval_every_steps", "loss_chunk", "mesh.num_devices", "peak_tflops_per_device"):
     if not given[key] >= 0:  # `not >=` also refuses NaN
       raise ConfigError(f"config key {key}: must be >= 0, got {given[key]}")
   for key in ("optimizer.learning_rate", "optimizer.eps", "lora.alpha"):

@@ -117,7 +117,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   is_main = jax.process_index() == 0
 
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
-              device_put=False, remat_policy=config.remat_policy)
+              device_put=False, remat_policy=config.remat_policy,
+              attention_impl=config.attention, loss_chunk=config.loss_chunk)
   if base.adapters is not None:
     raise ConfigError(f"config key model: {config.model} is a LoRA run; to continue training its "
                       "adapters, set init_from to it and model to its base")
