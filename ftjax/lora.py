@@ -17,18 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from ftjax.checkpoints.layout import PROJECTIONS
 from ftjax.models.config import ModelConfig
 
-# target -> (module group, in logical names, out logical names)
-TARGETS = {
-    "q_proj": ("self_attn", ("embed",), ("heads", "head_dim")),
-    "k_proj": ("self_attn", ("embed",), ("kv_heads", "head_dim")),
-    "v_proj": ("self_attn", ("embed",), ("kv_heads", "head_dim")),
-    "o_proj": ("self_attn", ("heads", "head_dim"), ("embed",)),
-    "gate_proj": ("mlp", ("embed",), ("mlp",)),
-    "up_proj": ("mlp", ("embed",), ("mlp",)),
-    "down_proj": ("mlp", ("mlp",), ("embed",)),
-}
+# target -> (module group, in logical names, out logical names), from the one layout table (the
+# HF/PEFT module names q_proj ... down_proj).
+TARGETS = {name: (row.group, row.in_axes, row.out_axes) for name, row in PROJECTIONS.items()}
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_TARGETS = tuple(TARGETS)
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from ftjax.checkpoints import layout
+from ftjax.checkpoints.layout import expected_tensor_names
 from ftjax.models.config import ModelConfig, UnsupportedModelError, from_hf_config
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -22,76 +24,17 @@ class CheckpointError(ValueError):
   """A checkpoint folder or file is missing, incomplete or of a refused kind."""
 
 
-def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-  """HF per-layer tensor name -> (ftjax param path under `layers`, HF->ftjax transform)."""
-  e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  m: dict[str, tuple[str, Callable]] = {
-      "self_attn.q_proj.weight": ("self_attn/q_proj/kernel", lambda w: w.T.reshape(e, h, d)),
-      "self_attn.k_proj.weight": ("self_attn/k_proj/kernel", lambda w: w.T.reshape(e, kv, d)),
-      "self_attn.v_proj.weight": ("self_attn/v_proj/kernel", lambda w: w.T.reshape(e, kv, d)),
-      "self_attn.o_proj.weight": ("self_attn/o_proj/kernel", lambda w: w.T.reshape(h, d, e)),
-      "mlp.gate_proj.weight": ("mlp/gate_proj/kernel", lambda w: w.T),
-      "mlp.up_proj.weight": ("mlp/up_proj/kernel", lambda w: w.T),
-      "mlp.down_proj.weight": ("mlp/down_proj/kernel", lambda w: w.T),
-      "input_layernorm.weight": ("input_layernorm/scale", lambda w: w),
-      "post_attention_layernorm.weight": ("post_attention_layernorm/scale", lambda w: w),
-  }
-  if cfg.qkv_bias:
-    m["self_attn.q_proj.bias"] = ("self_attn/q_proj/bias", lambda w: w.reshape(h, d))
-    m["self_attn.k_proj.bias"] = ("self_attn/k_proj/bias", lambda w: w.reshape(kv, d))
-    m["self_attn.v_proj.bias"] = ("self_attn/v_proj/bias", lambda w: w.reshape(kv, d))
-  if cfg.o_bias:
-    m["self_attn.o_proj.bias"] = ("self_attn/o_proj/bias", lambda w: w)
-  if cfg.mlp_bias:
-    for name in ("gate_proj", "up_proj", "down_proj"):
-      m[f"mlp.{name}.bias"] = (f"mlp/{name}/bias", lambda w: w)
-  if cfg.qk_norm:
-    m["self_attn.q_norm.weight"] = ("self_attn/q_norm/scale", lambda w: w)
-    m["self_attn.k_norm.weight"] = ("self_attn/k_norm/scale", lambda w: w)
-  if cfg.post_norms:
-    m["pre_feedforward_layernorm.weight"] = ("pre_feedforward_layernorm/scale", lambda w: w)
-    m["post_feedforward_layernorm.weight"] = ("post_feedforward_layernorm/scale", lambda w: w)
-  return m
-
-
-def expected_tensor_names(cfg: ModelConfig) -> list[str]:
-  names = ["model.embed_tokens.weight", "model.norm.weight"]
-  if not cfg.tie_word_embeddings:
-    names.append("lm_head.weight")
-  for i in range(cfg.num_layers):
-    names += [f"model.layers.{i}.{n}" for n in _layer_map(cfg)]
-  return names
-
-
-def _set(tree: dict, path: str, value):
-  *parents, leaf = path.split("/")
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
-
-
 def convert_state(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray], available: set[str],
                   source: str, param_dtype=None) -> dict:
-  """Builds the ftjax params tree by pulling HF tensors one at a time through `get_tensor`."""
+  """Builds the ftjax params tree by pulling HF tensors one at a time through `get_tensor`
+  (names and transforms from `ftjax.checkpoints.layout`)."""
   missing = [n for n in expected_tensor_names(cfg) if n not in available]
   if missing:
     shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
     raise CheckpointError(f"{source}: checkpoint is missing {len(missing)} tensor(s): {shown}")
   import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
   dtype = np.dtype(param_dtype or cfg.param_dtype)
-
-  def fetch(name):
-    return np.asarray(get_tensor(name)).astype(dtype, copy=False)
-
-  params: dict = {}
-  params["embedding"] = fetch("model.embed_tokens.weight")
-  params["final_norm"] = {"scale": fetch("model.norm.weight")}
-  if not cfg.tie_word_embeddings:
-    params["lm_head"] = fetch("lm_head.weight").T
-  for hf_name, (path, fn) in _layer_map(cfg).items():
-    stacked = np.stack([fn(fetch(f"model.layers.{i}.{hf_name}")) for i in range(cfg.num_layers)])
-    _set(params, "layers/" + path, stacked)
-  return params
+  return layout.from_hf(cfg, lambda name: np.asarray(get_tensor(name)).astype(dtype, copy=False))
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -105,15 +48,49 @@ def read_hf_config(folder: Path) -> dict:
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
+  """The weight files of `folder` (its index's shards, all inside the folder), each checked to
+  be as long as its header says: a truncated download fails here, naming the file."""
+  def check_length(path: Path):
+    """CheckpointError unless `path` holds a readable safetensors header (8-byte length, JSON) and
+    at least the bytes its tensors' offsets reach."""
+    size = path.stat().st_size
+    try:
+      with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if size < 8 or header_len > size - 8:
+          raise ValueError(f"a header of {header_len} bytes")
+        header = json.loads(f.read(header_len))
+      end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+      raise CheckpointError(f"{path}: not a readable safetensors file ({err}); "
+                            "download it again") from None
+    if size < 8 + header_len + end:
+      raise CheckpointError(f"{path}: truncated ({size} bytes, its header needs "
+                            f"{8 + header_len + end}); download it again")
+
   index = folder / "model.safetensors.index.json"
   if index.is_file():
-    weight_map = json.loads(index.read_text())["weight_map"]
-    files = sorted({folder / f for f in weight_map.values()})
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+      names = set(weight_map.values())
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+      raise CheckpointError(f"{index}: unreadable ({type(err).__name__}: {err})") from None
+    inside = folder.resolve()
+    outside = sorted(str(n) for n in names
+                     if not isinstance(n, str) or not (folder / n).resolve().is_relative_to(inside))
+    if outside:
+      raise CheckpointError(f"{index}: shard file(s) outside the model folder: "
+                            f"{', '.join(outside)}")
+    files = sorted({folder / f for f in names})
     absent = [f.name for f in files if not f.is_file()]
     if absent:
       raise CheckpointError(f"{index}: shard file(s) listed but not present: {', '.join(absent)}")
-    return files
-  return sorted(folder.glob("*.safetensors"))
+  else:
+    files = sorted(folder.glob("*.safetensors"))
+  for f in files:
+    check_length(f)
+  return files
 
 
 def load_params(folder: str | os.PathLike, cfg: ModelConfig | None = None,
@@ -157,11 +134,14 @@ def load_params(folder: str | os.PathLike, cfg: ModelConfig | None = None,
 
 
 def _read_safetensor(handle, path: Path, name: str) -> np.ndarray:
+  from safetensors import SafetensorError, safe_open
   try:
-    return handle.get_tensor(name)
-  except TypeError:  # bf16 has no numpy dtype: read through JAX, which keeps it as ml_dtypes
-    from safetensors import safe_open
-    return np.asarray(safe_open(str(path), framework="flax").get_tensor(name))
+    try:
+      return handle.get_tensor(name)
+    except TypeError:  # bf16 has no numpy dtype: read through JAX, which keeps it as ml_dtypes
+      return np.asarray(safe_open(str(path), framework="flax").get_tensor(name))
+  except (SafetensorError, OSError) as err:
+    raise CheckpointError(f"{path}: cannot read tensor {name} ({err})") from None
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:

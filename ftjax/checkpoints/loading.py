@@ -110,14 +110,26 @@ def _model_config(name_or_path, **config_args) -> ModelConfig:
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: str | None = None,
          param_dtype: str | None = None, allow_pickle: bool = False, tokenizer: bool = True,
-         device_put: bool = True, **config_overrides) -> Pretrained:
+         device_put: bool = True, adapter: str | os.PathLike | None = None,
+         **config_overrides) -> Pretrained:
   """Loads a pretrained decoder by registered name, local folder / .gguf file, or hub id, or
   the trained model of a training workdir.
 
   `dtype` is the compute dtype (e.g. "bfloat16"); `param_dtype` the storage dtype of params
-  (default float32, or for a workdir the run's). Returns params as a plain pytree of jax arrays
-  (numpy if `device_put=False`).
+  (default float32, or for a workdir the run's). `adapter` is a PEFT LoRA adapter folder
+  (adapter_config.json + adapter_model.safetensors) for this base, returned as `adapters`.
+  Returns params as a plain pytree of jax arrays (numpy if `device_put=False`).
   """
+  if adapter is not None:
+    if is_workdir(name_or_path):
+      raise CheckpointError(f"{name_or_path}: a training workdir brings its own adapters; "
+                            "pass its base model with adapter=")
+    model = load(name_or_path, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle,
+                 tokenizer=tokenizer, device_put=device_put, **config_overrides)
+    adapters = load_peft_adapter(adapter, model.config)
+    if device_put:
+      adapters = dataclasses.replace(adapters, params=jax.tree.map(jnp.asarray, adapters.params))
+    return model._replace(adapters=adapters)
   if is_workdir(name_or_path):
     return _load_run(Path(name_or_path).expanduser(), dtype=dtype, param_dtype=param_dtype,
                      allow_pickle=allow_pickle, tokenizer=tokenizer, device_put=device_put,
@@ -168,3 +180,60 @@ def _check_adapters(workdir: Path, adapters: Adapters):
         f"{workdir}: the checkpoint's adapters (targets {sorted(targets)}, rank {sorted(ranks)}) "
         f"do not match {RUN_MODEL_FILE} (targets {list(adapters.spec.targets)}, "
         f"rank {adapters.spec.rank})")
+
+
+# Options of a PEFT LoraConfig that change what the adapter computes; ftjax applies plain LoRA
+# (scale alpha / r, no bias, no DoRA) and refuses the others rather than ignore them.
+_PEFT_PLAIN = {"bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+               "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {},
+               "alpha_pattern": {}}
+
+
+def load_peft_adapter(folder: str | os.PathLike, cfg: ModelConfig) -> Adapters:
+  """A PEFT LoRA adapter folder -> `Adapters` (the layouts and names of `layout`)."""
+  import numpy as np
+  from safetensors.numpy import load_file
+
+  from ftjax.checkpoints import layout
+  folder = Path(folder).expanduser()
+  config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+  if not config_path.is_file() or not weights_path.is_file():
+    raise CheckpointError(f"{folder}: not a PEFT adapter folder (needs adapter_config.json and "
+                          "adapter_model.safetensors)")
+  try:
+    peft = json.loads(config_path.read_text())
+  except json.JSONDecodeError as err:
+    raise CheckpointError(f"{config_path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+  if peft.get("peft_type") != "LORA":
+    raise CheckpointError(f"{config_path}: peft_type {peft.get('peft_type')!r} is not LORA")
+  for key, plain in _PEFT_PLAIN.items():
+    if peft.get(key, plain) not in (plain, None, {}, False, "none"):
+      raise CheckpointError(f"{config_path}: {key}={peft[key]!r} is not supported (ftjax "
+                            "imports plain LoRA adapters)")
+  targets = peft.get("target_modules")
+  if isinstance(targets, str) or not targets or set(targets) - set(layout.PROJECTIONS):
+    raise CheckpointError(f"{config_path}: target_modules {targets!r}: ftjax adapts a list of "
+                          f"{', '.join(layout.PROJECTIONS)}")
+  rank = int(peft["r"])
+  spec = LoraSpec(rank=rank, alpha=float(peft["lora_alpha"]),
+                  dropout=float(peft.get("lora_dropout", 0.0)),
+                  targets=tuple(t for t in layout.PROJECTIONS if t in targets))
+  weights = load_file(str(weights_path))
+  params: dict = {}
+  for target in spec.targets:
+    a_layers, b_layers = [], []
+    for i in range(cfg.num_layers):
+      keys = [layout.peft_key(i, target, m) for m in "AB"]
+      absent = [k for k in keys if k not in weights]
+      if absent:
+        raise CheckpointError(f"{weights_path}: missing {absent[0]}")
+      a, b = layout.lora_from_peft(cfg, target, weights[keys[0]].astype(np.float32),
+                                   weights[keys[1]].astype(np.float32))
+      if a.shape[-1] != rank:
+        raise CheckpointError(f"{weights_path}: {keys[0]} has rank {a.shape[-1]}, config r={rank}")
+      a_layers.append(a)
+      b_layers.append(b)
+    group = layout.PROJECTIONS[target].group
+    params.setdefault("layers", {}).setdefault(group, {})[target] = {
+        "a": np.stack(a_layers), "b": np.stack(b_layers)}
+  return Adapters(spec, params)
