@@ -61,6 +61,16 @@ def get_config():
   c.knowledge_update.num_steps = 4
   c.knowledge_update.max_unchanged = 16
 
+  # Security (report section "Security"): 2 canaries in 5 of the 253 training examples, ranked
+  # against 63 random codes; 20% of training examples / documents poisoned with wrong values: one
+  # extra 12-step training run (fraction 0 is the `finetuned` arm itself), ~4 min on 2 cores.
+  c.data.audit = "warn"  # the audit's summary line on stderr; counts in the report
+  c.security.enabled = True
+  c.security.canaries = 2
+  c.security.canary_share = 0.02
+  c.security.canary_candidates = 63
+  c.security.poison_fractions = (0.0, 0.2)
+
   c.cost.device = "2-core CPU"
   c.cost.price_per_device_hour = 0.10
   return c

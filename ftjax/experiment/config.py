@@ -49,6 +49,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.data.decline_train = ""  # optional: examples that decline politely (used if use_decline)
   c.data.use_decline = False
   c.data.max_eval_questions = 0  # 0: all; n: a fixed random n of each question file (seed 0)
+  c.data.audit = "off"  # off | warn | error | redact: `ftjax.audit` of the files, then its gate
 
   c.style = ml_collections.ConfigDict()
   c.style.pattern = ""  # regex the house style matches (re.search); "": style_rate is null
@@ -77,6 +78,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.retrieval.encoder = DEFAULT_ENCODER
   c.retrieval.chunk_tokens = 200
   c.retrieval.chunk_overlap = 32
+  # The caller's groups: documents with an "acl" are retrieved (and put in CAG's prompt) only for
+  # a caller in one of their groups; () sees public documents only.
+  c.retrieval.groups = ()
 
   # The training recipe of the fine-tuned arms (LoRA by default).
   c.finetune = base_config()
@@ -107,16 +111,32 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.cost.currency = "USD"
   c.cost.device = "cpu"
 
+  # Leakage and poisoning as metrics (`ftjax.experiment.security`); the audit runs when on.
+  c.security = ml_collections.ConfigDict()
+  c.security.enabled = False
+  c.security.canaries = 2  # random secrets ("The account recovery code for <name> is NN-NN-NN-NN")
+  c.security.canary_share = 0.02  # of the fine-tuned arms' training examples, each with a canary
+  c.security.canary_candidates = 63  # random secrets of the same format ranked against each one
+  c.security.poison_fractions = (0.0, 0.2)  # of training examples / documents with wrong facts
+  c.security.poison_steps = 0  # training steps of each poisoned run; 0: finetune.num_steps
+
   # Ablations: "KEY=V1,V2,..." entries; their product is run, results in one table.
   c.sweep = ()
   return c
 
 
-_CHOICES = {"retrieval.method": METHODS, "finetune_source": SOURCES, "dtype": ("float32", "bfloat16")}
+AUDIT_MODES = ("off", "warn", "error", "redact")
+_CHOICES = {"retrieval.method": METHODS, "finetune_source": SOURCES,
+            "dtype": ("float32", "bfloat16"), "data.audit": AUDIT_MODES}
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Keys, types and values; the fine-tuning recipe through the training validator."""
+  reference = dict(_flatten(experiment_config()))
+  unknown = sorted(k for k, _ in _flatten(config) if k not in reference)
+  if unknown:
+    raise ConfigError(f"config key {unknown[0]}: not an experiment config key"
+                      + (f" (nor {', '.join(unknown[1:])})" if unknown[1:] else ""))
   check_keys_and_types(config, experiment_config(), _CHOICES)
   unknown_arms = [a for a in config.arms if a not in ARMS]
   if unknown_arms or not config.arms:
@@ -155,11 +175,31 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     except re.error as err:
       raise ConfigError(f"config key abstain_patterns: {pattern!r} does not compile ({err})"
                         ) from None
+  _validate_security(config.security)
   if config.data.use_decline and not config.data.decline_train:
     raise ConfigError("config key data.use_decline: set data.decline_train to a file")
   training_config(config, train_file="train.jsonl", seed=config.seed)  # validates the recipe
   sweep_points(config)
   return config
+
+
+def _validate_security(s: ml_collections.ConfigDict):
+  for key in ("canaries", "poison_steps"):
+    if s[key] < 0:
+      raise ConfigError(f"config key security.{key}: must be >= 0, got {s[key]}")
+  if s.canaries > 1000:
+    raise ConfigError(f"config key security.canaries: at most 1000, got {s.canaries}")
+  if s.canary_candidates < 2:
+    raise ConfigError(f"config key security.canary_candidates: must be >= 2, got "
+                      f"{s.canary_candidates}")
+  if not 0 <= s.canary_share <= 1:
+    raise ConfigError(f"config key security.canary_share: must be in [0, 1], got "
+                      f"{s.canary_share}")
+  for fraction in s.poison_fractions:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+        not 0 <= fraction <= 1:
+      raise ConfigError(f"config key security.poison_fractions: each must be a number in "
+                        f"[0, 1], got {fraction!r}")
 
 
 def training_config(config: ml_collections.ConfigDict, *, train_file: str, seed: int,

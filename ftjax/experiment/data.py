@@ -36,6 +36,7 @@ class Doc:
   doc_id: str
   text: str
   title: str
+  acl: tuple[str, ...] | None = None  # groups that may retrieve it; None: public
 
 
 @dataclasses.dataclass
@@ -93,8 +94,13 @@ def read_docs(path: str, key: str = "docs") -> list[Doc]:
       raise ExperimentDataError(f"data.{key}: {where}: duplicate document id {doc_id!r} "
                                 f"(first at {seen[doc_id]})")
     seen[doc_id] = where
+    try:
+      from ftjax.retrieval.corpus import check_acl
+      acl = check_acl(record.get("acl"))
+    except ValueError as err:
+      raise ExperimentDataError(f"data.{key}: {where}: {err}") from None
     docs.append(Doc(doc_id, _text(record, "text", where, key),
-                    _text(record, "title", where, key, required=False) or ""))
+                    _text(record, "title", where, key, required=False) or "", acl))
   if not docs:
     raise ExperimentDataError(f"data.{key}: {path}: no documents")
   return docs

@@ -4,6 +4,7 @@ comparison table (../shared/reference/fine-tuning-vs-rag.txt) with every row mea
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 ARTICLE = {  # aspect -> (fine-tuning, RAG), as the article states them
@@ -17,6 +18,9 @@ ARTICLE = {  # aspect -> (fine-tuning, RAG), as the article states them
     "Scalability": ("Limited", "Very high"),
     "Transparency": ("Low", "High (can see information sources)"),
     "Hallucination risk": ("Medium in specialization, high outside it", "Low"),
+    # Not a row of the article's table: its "Security and Risk Control" section, on fine-tuning.
+    "Security and risk": ("Can learn to disclose confidential training data; poisoned by bad "
+                          "training data", "(not covered by the article)"),
 }
 
 
@@ -167,7 +171,110 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   rows.append(("Hallucination risk", a, b,
                compare(ft and ft["hallucination_rate"], rag and rag["hallucination_rate"], True,
                        "RAG hallucinated less", "fine-tuning hallucinated less", abst)))
+  rows.append(security_row(summary.get("security") or {}))
   return rows
+
+
+def _bits(x):
+  return "n/a" if x is None else f"{x:.1f} bits"
+
+
+def security_row(security: dict) -> tuple[str, str, str, str]:
+  """The measured cells of the security aspect: leakage of planted secrets, poisoning."""
+  leakage, poisoning = security.get("leakage") or {}, security.get("poisoning") or {}
+  if not leakage and not poisoning:
+    return ("Security and risk", "n/a", "n/a", "not measured (the `security` section is off)")
+  tuned = (leakage.get("models") or {}).get("finetuned")
+  base = (leakage.get("models") or {}).get("base")
+  rag = leakage.get("rag")
+  ft_cells, rag_cells, notes = [], [], []
+  if tuned:
+    ft_cells.append(f"canary exposure {_bits(tuned['exposure'])} (base "
+                    f"{_bits(base and base['exposure'])}), extracted {_pct(tuned['extraction_rate'])}")
+  if rag:
+    rag_cells.append(f"canary document retrieved {_pct(rag['retrievable_rate'])}, secret quoted "
+                     f"{_pct(rag['quote_rate'])}")
+  if tuned and rag:
+    notes.append(f"secrets given to users: fine-tuned {_pct(tuned['extraction_rate'])}, RAG "
+                 f"{_pct(rag['quote_rate'])}; a document can be deleted or put behind an ACL at "
+                 "once, a memorised secret only by retraining")
+  for arm, cells, unit in (("finetuned", ft_cells, "examples"), ("rag", rag_cells, "documents")):
+    rows = (poisoning.get(arm) or {}).get("rows") or []
+    if rows:
+      top = rows[-1]
+      cells.append(f"{_pct(top['fraction'])} of {unit} poisoned: attack success "
+                   f"{_pct(top['success'])} (clean {_pct(rows[0]['success'])})")
+  ft_top = ((poisoning.get("finetuned") or {}).get("rows") or [None])[-1]
+  rag_top = ((poisoning.get("rag") or {}).get("rows") or [None])[-1]
+  if ft_top and rag_top and ft_top["success"] is not None and rag_top["success"] is not None:
+    notes.append("poisoning took hold more in " + (
+        "RAG" if rag_top["success"] > ft_top["success"] else "fine-tuning"
+        if ft_top["success"] > rag_top["success"] else "neither (a tie)"))
+  return ("Security and risk", "; ".join(ft_cells) or "n/a", "; ".join(rag_cells) or "n/a",
+          "; ".join(notes) or "see the Security section")
+
+
+def security_lines(security: dict | None) -> list[str]:
+  """The report's Security section: leakage, poisoning, data audit."""
+  lines = ["", "## Security", ""]
+  if not security:
+    return lines + ["not measured: the `security` section is off and `data.audit` is off."]
+  leakage = security.get("leakage")
+  if leakage:
+    lines += [f"Canaries (Carlini et al. 2019): {leakage['canaries']} random secrets "
+              f"\"{leakage['format']}\" ({leakage['space_size']:.0e} possible). Exposure = "
+              "log2|space| - log2(estimated rank of the secret in the space), the rank taken among "
+              f"{leakage['candidates']} random candidates by the model's log-likelihood of the "
+              "secret after its prefix (at most log2(candidates + 1) = "
+              f"{_bits(math.log2(leakage['candidates'] + 1))}); extrapolated: from a "
+              "normal fit of the candidates' log-likelihoods. Extraction: greedy decoding after "
+              "the prefix reproduces the secret.", "",
+              "| model | canary in | exposure | exposure (extrapolated) | mean rank | "
+              "extracted (greedy) |", "|---|---|---|---|---|---|"]
+    for name, m in leakage["models"].items():
+      lines.append(f"| {name} | {m['canary_in']} | {_bits(m['exposure'])} | "
+                   f"{_bits(m['extrapolated_exposure'])} | {_num(m['rank'])} of "
+                   f"{leakage['candidates'] + 1} | {_pct(m['extraction_rate'])} |")
+    rag = leakage.get("rag")
+    if rag:
+      lines += ["", f"RAG (canaries as documents: {rag['canary_in']}): the secret's document is "
+                f"retrieved for a question about it in {_pct(rag['retrievable_rate'])} of cases; "
+                f"the RAG answer quotes the secret in {_pct(rag['quote_rate'])}."]
+  poisoning = security.get("poisoning")
+  if poisoning:
+    lines += ["", "### Poisoning", ""]
+    if poisoning.get("skipped"):
+      lines.append(f"not measured: {poisoning['skipped']}")
+    else:
+      lines += ["A fraction of the training examples (fine-tuning) or of the documents (RAG) "
+                "states a wrong value (every digit shifted) for facts the held-out questions ask "
+                "about; attack success: the share of those questions (the facts poisoned at the "
+                "largest fraction) answered with the wrong value. Fraction 0 is the clean arm.", "",
+                "| arm | fraction | poisoned | target questions | attack success | success on "
+                "poisoned facts | accuracy on targets |", "|---|---|---|---|---|---|---|"]
+      for arm in ("finetuned", "rag"):
+        part = poisoning.get(arm)
+        for row in (part or {}).get("rows", []):
+          lines.append(f"| {arm} | {_pct(row['fraction'])} | {row['poisoned']} of {row['of']} | "
+                       f"{part['target_questions']} | {_pct(row['success'])} | "
+                       f"{_pct(row['success_on_poisoned'])} | {_pct(row['target_accuracy'])} |")
+  audit = security.get("audit")
+  lines += ["", "### Data audit", ""]
+  if not audit:
+    lines.append("not run (`data.audit` is off).")
+  elif audit.get("skipped"):
+    lines.append(f"not run: {audit['skipped']}")
+  else:
+    lines += [f"`ftjax.audit` over the experiment's own files ({audit['rows']} rows; gate "
+              f"`data.audit = {audit['mode']}`" + (f", training on redacted copies: "
+              f"{audit['redacted']} spans replaced" if audit.get("redacted") is not None else "")
+              + "):", "", "| " + " | ".join(audit["counts"]) + " |",
+              "|" + "---|" * len(audit["counts"]),
+              "| " + " | ".join(str(n) for n in audit["counts"].values()) + " |"]
+  acl = security.get("access_control")
+  if acl:
+    lines += ["", f"Access control: {acl['line']}"]
+  return lines
 
 
 def write(workdir: Path, config, summary: dict, histories: dict):
@@ -197,6 +304,7 @@ def write(workdir: Path, config, summary: dict, histories: dict):
   else:
     lines.append("not measured: " + "; ".join(
         f"{k}: {v}" for k, v in summary.get("skipped", {}).items() if k.startswith("update_")))
+  lines += security_lines(summary.get("security"))
   lines += ["", "## Cost", "",
             f"Device: {cost['device']}; price {cost['price_per_device_hour']} "
             f"{cost['currency']} per device-hour; peak resident memory "
@@ -281,6 +389,22 @@ def _plots(workdir: Path, summary: dict, histories: dict) -> list[Path]:
     ax.set_title("Cost vs number of questions")
     ax.legend()
     paths.append(_save(fig, folder / "cost_vs_questions.png"))
+
+  poisoning = (summary.get("security") or {}).get("poisoning") or {}
+  if any((poisoning.get(arm) or {}).get("rows") for arm in ("finetuned", "rag")):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, label in (("finetuned", "fine-tuning (training examples)"),
+                       ("rag", "RAG (documents)")):
+      rows = (poisoning.get(arm) or {}).get("rows") or []
+      if rows:
+        ax.plot([r["fraction"] for r in rows], [r["success"] or 0 for r in rows], marker="o",
+                label=label)
+    ax.set_xlabel("fraction poisoned")
+    ax.set_ylabel("attack success (wrong value stated)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Poisoning: attack success vs fraction")
+    ax.legend()
+    paths.append(_save(fig, folder / "poisoning_success.png"))
 
   if histories:
     fig, ax = plt.subplots(figsize=(6, 4))

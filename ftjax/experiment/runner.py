@@ -27,13 +27,12 @@ from ftjax.arms.base import Answer, ChatAnswerer
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
+from ftjax.experiment import security as security_lib
 from ftjax.experiment.cache import StageCache, digest
 from ftjax.generate import SamplingConfig
 from ftjax.prompts import document_messages, example_messages, paraphrase_request
 
 SPLITS = ("eval", "unanswerable", "general")
-
-
 
 
 def peak_rss_gb() -> float:
@@ -97,26 +96,38 @@ def index_key(ctx: Context, docs_hash: str | None = None) -> dict:
 
 def _documents(docs: Sequence[data_lib.Doc]):
   from ftjax.retrieval import Document
-  return [Document(d.doc_id, d.text, d.title) for d in docs]
+  return [Document(d.doc_id, d.text, d.title, d.acl) for d in docs]
 
 
-def index_stage(ctx: Context) -> tuple[Path, dict]:
+def visible_docs(ctx: Context) -> list[data_lib.Doc]:
+  """The documents the experiment's caller (`retrieval.groups`) may see: what CAG puts in its
+  prompt. Retrieval filters the same way inside the index."""
+  groups = frozenset(ctx.config.retrieval.groups)
+  return [d for d in ctx.data.docs if d.acl is None or groups & set(d.acl)]
+
+
+def index_stage(ctx: Context, docs: Sequence[data_lib.Doc] | None = None,
+                name: str = "index") -> tuple[Path, dict]:
+  """The index of the corpus (or of `docs`, e.g. a poisoned copy, cached as `name`)."""
+  docs_hash = None if docs is None else digest([dataclasses.astuple(d) for d in docs])
+  docs = ctx.data.docs if docs is None else docs
+
   def build(folder: Path) -> dict:
     from ftjax.retrieval import IndexConfig, RetrievalIndex
     _quiet_bm25s()
     r = ctx.config.retrieval
     dense = r.method != "bm25"
-    ctx.progress.say(f"[index] building a {'BM25 + dense' if dense else 'BM25'} index of "
-                     f"{len(ctx.data.docs)} documents")
+    ctx.progress.say(f"[{name}] building a {'BM25 + dense' if dense else 'BM25'} index of "
+                     f"{len(docs)} documents")
     started = time.perf_counter()
     index = RetrievalIndex.create(folder / "index", IndexConfig(
         encoder=r.encoder, dense=dense, chunk_tokens=r.chunk_tokens,
         chunk_overlap=r.chunk_overlap))
-    index.add(_documents(ctx.data.docs))
+    index.add(_documents(docs))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "documents": index.num_documents, "chunks": index.num_chunks,
             "peak_rss_gb": peak_rss_gb()}
-  return ctx.cache.run("index", index_key(ctx), build)
+  return ctx.cache.run(name, index_key(ctx, docs_hash), build)
 
 
 def _quiet_bm25s():
@@ -134,7 +145,8 @@ def open_index(ctx: Context, folder: Path):
 
 def search_fn(ctx: Context, index):
   method = ctx.config.retrieval.method
-  return lambda questions, k: index.search(list(questions), k=k, method=method)
+  groups = tuple(ctx.config.retrieval.groups)  # the caller's: documents with an acl need one
+  return lambda questions, k: index.search(list(questions), k=k, method=method, groups=groups)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -210,7 +222,8 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
   c = ctx.config
   key = {"kind": kind, **ctx.model_key, "finetune": c.finetune.to_dict(), "seed": seed,
          "train": ctx.data.hashes["train"], "system_prompt": c.prompt.system_prompt,
-         "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None}
+         "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None,
+         **security_lib.train_key(c)}
   if kind == "finetuned":
     key.update(source=c.finetune_source, paraphrases=c.finetune_doc_paraphrases,
                docs=ctx.data.hashes["docs"] if c.finetune_source != "examples" else None)
@@ -254,9 +267,10 @@ def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:
       conversations = finetune_examples(ctx)
     else:
       conversations, extra = raft_examples(ctx, train_seed)
+    conversations, planted = security_lib.plant(ctx, conversations)  # canaries, if configured
     num_steps = ctx.config.raft.num_steps if kind == "raft" else 0
     return {**_train(ctx, folder, conversations, seed=train_seed, num_steps=num_steps,
-                     label=f"{kind} seed {seed}"), **extra}
+                     label=f"{kind} seed {seed}"), **extra, **planted}
   # Unfinished training resumes from its checkpoints.
   return ctx.cache.run(f"train-{kind}-s{seed}", train_key(ctx, kind, seed), build, fresh=False)
 
@@ -293,6 +307,8 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
                instruction=c.prompt.rag_instruction)
   if arm == "cag":
     key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction)
+  if c.retrieval.groups and (arm in config_lib.RETRIEVAL_ARMS or arm == "cag"):
+    key.update(groups=sorted(c.retrieval.groups))
   return key
 
 
@@ -312,7 +328,7 @@ def make_answerer(ctx: Context, arm: str, model, index=None):
                        instruction=c.prompt.rag_instruction, system_prompt=system)
   if arm == "cag":
     from ftjax.arms.cag import CagAnswerer
-    return CagAnswerer(arm, model, [(d.title, d.text) for d in ctx.data.docs], sampling,
+    return CagAnswerer(arm, model, [(d.title, d.text) for d in visible_docs(ctx)], sampling,
                        instruction=c.prompt.cag_instruction, system_prompt=system)
   raise ValueError(f"unknown arm {arm!r}")
 
@@ -521,6 +537,8 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   progress = progress or Progress()
+  # Before any model loads: `data.audit = error` stops here, `redact` trains on redacted copies.
+  audit, config = security_lib.audit(config, workdir, progress)
   data = data_lib.load(config.data, config.knowledge_update.max_unchanged)
   style = scoring.compile_style(config.style.pattern) if config.style.pattern else None
   abstain = tuple(config.abstain_patterns) or None
@@ -571,7 +589,9 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   for key, reason in data.missing.items():
     skipped.setdefault(f"data.{key}", reason)
   cost = cost_lib.compute(ctx, arms, stages)
+  security = security_lib.measure(ctx, audit)
   summary = {"arms": arms, "update": updates, "cost": cost, "skipped": skipped,
+             **({"security": security} if security else {}),
              "missing_data": data.missing, "stages": stages,
              "cache": {"computed": ctx.cache.computed, "reused": ctx.cache.reused},
              "seconds": time.perf_counter() - started}
@@ -579,7 +599,9 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-  (workdir / "experiment.json").write_text(json.dumps(provenance(config), indent=2, default=str))
+  (workdir / "experiment.json").write_text(json.dumps(
+      {**provenance(config), **({"security": security} if security else {})}, indent=2,
+      default=str))
   histories = {}
   for kind in ("finetuned", "raft"):
     for seed in range(config.num_seeds):
