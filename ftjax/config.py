@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.system_prompt = ""
   c.data.on_bad_rows = "skip"  # skip (counted and reported) | error
   c.data.data_dir = ""  # where TFDS prepares local files; empty: <workdir>/tfds
+  # `ftjax.audit` of the train/eval files before training: off | warn (a summary line) | error
+  # (personal data, secrets or train/eval contamination stop the run) | redact (train on copies
+  # with [EMAIL], [CARD], ... placeholders, written to <workdir>/audit).
+  c.data.audit = "off"
 
   c.seq_len = 512
   c.batch_size = 8  # global examples (packed rows) per optimizer step
@@ -92,6 +96,7 @@ _CHOICES = {
     "attention": ("auto", "xla", "cudnn", "pallas_gpu", "splash"),
     "data.format": ("auto", "jsonl", "csv"),
     "data.on_bad_rows": ("skip", "error"),
+    "data.audit": ("off", "warn", "error", "redact"),
     "optimizer.schedule": ("cosine", "linear", "constant"),
 }
 

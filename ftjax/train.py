@@ -115,6 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
   workdir = Path(workdir)
   _check_writable(workdir)
   is_main = jax.process_index() == 0
+  config = _audit_gate(config, workdir)
 
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy,
@@ -261,11 +262,41 @@ def _check_writable(workdir: Path):
                        f"({err.strerror or type(err).__name__})") from None
 
 
+def _audit_gate(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+  """`data.audit`: audits the train/eval files (not `tfds:` sources) and applies the gate; for
+  "redact" returns a config that trains on redacted copies under <workdir>/audit (every process
+  writes its own, identical, copy: no shared-filesystem race)."""
+  mode = config.data.audit
+  if mode == "off":
+    return config
+  from ftjax.audit import audit_files, gate, redact_file
+  files = {key: config.data[key] for key in ("train", "eval")
+           if config.data[key] and not config.data[key].startswith("tfds:")}
+  if not files:
+    print(f"data.audit={mode}: nothing to audit (tfds sources are not audited)", file=sys.stderr)
+    return config
+  report = audit_files([files["train"]] if "train" in files else [],
+                       [files["eval"]] if "eval" in files else [])
+  gate(report, mode)
+  if mode != "redact":
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  folder = workdir / "audit" / f"process-{jax.process_index()}"
+  folder.mkdir(parents=True, exist_ok=True)
+  for key, path in files.items():
+    target = folder / f"{key}.redacted{Path(path).suffix}"
+    replaced = redact_file(path, str(target), report.findings)
+    print(f"data.audit=redact: {path} -> {target} ({replaced} spans replaced)", file=sys.stderr)
+    config.data[key] = str(target)
+  return config
+
+
 def _make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_main: bool):
   """Tokenised, packed train and eval batches for this process (TFDS files under the workdir
   unless data.data_dir says otherwise)."""
   from ftjax.data import DataConfigError, build_sft_data  # TF import is slow: only when training
-  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  data_cfg = ml_collections.ConfigDict(
+      {k: v for k, v in config.data.to_dict().items() if k != "audit"})  # audited in run()
   data_cfg.data_dir = config.data.data_dir or str(workdir / "tfds")
   if data_cfg.eval:  # an explicit eval file replaces the carved-out fraction
     data_cfg.eval_fraction = 0.0
@@ -310,8 +341,9 @@ def _user_errors():
   from ftjax.data import DataConfigError
   from ftjax.models.config import UnsupportedModelError
   from ftjax.sharding import MeshConfigError
+  from ftjax.audit import AuditError, AuditInputError
   return (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError, MeshConfigError,
-          TrainingDiverged, WorkdirError)
+          TrainingDiverged, WorkdirError, AuditError, AuditInputError)
 
 
 def _check_override_keys(argv: list[str]):

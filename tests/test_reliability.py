@@ -289,3 +289,26 @@ def test_index_json_pointing_outside_its_folder_is_refused(tiny_llama_folder, tm
       {"weight_map": {"model.embed_tokens.weight": "../elsewhere.safetensors"}}))
   line = _main_fails(_argv(tmp_path / "run", model), capsys)
   assert "outside the model folder" in line and "../elsewhere.safetensors" in line
+
+
+def test_trainer_audit_gate_stops_or_trains_on_a_redacted_copy(tiny_llama_folder, tmp_path,
+                                                               capsys):
+  rows = [json.loads(line) for line in Path(SAMPLE_DATA).read_text().splitlines()[:16]]
+  rows[3]["output"] += " Write to jane.doe@example.com or call +1 415 555 0132."
+  data = tmp_path / "train.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  original = data.read_text()
+  line = _main_fails(_argv(tmp_path / "stopped", tiny_llama_folder, f"--config.data.train={data}",
+                           "--config.data.audit=error"), capsys)
+  assert line.startswith("error: data audit (error) found 2 blocking findings") and \
+      f"{data}:4" in line, line
+  assert not (tmp_path / "stopped" / "checkpoints").exists()
+
+  ftjax.train.main(_argv(tmp_path / "redacted", tiny_llama_folder, f"--config.data.train={data}",
+                         "--config.data.audit=redact", "--config.num_steps=1"))
+  redacted = tmp_path / "redacted" / "audit" / "process-0" / "train.redacted.jsonl"
+  text = redacted.read_text()
+  assert "[EMAIL]" in text and "[PHONE]" in text and "jane.doe" not in text
+  assert data.read_text() == original  # the original is never modified
+  resolved = json.loads((tmp_path / "redacted" / "config.json").read_text())
+  assert resolved["data"]["train"] == str(redacted)
