@@ -1,7 +1,9 @@
 """JAX logits equal transformers' logits for tiny random models of every supported family."""
 
 import json
+import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -187,3 +189,18 @@ def test_param_dtype_is_applied_on_load(tmp_path):
   assert {x.dtype for x in jax.tree.leaves(model.params)} == {jnp.dtype("bfloat16")}
   logits = forward(model.config, model.params, jnp.asarray([[1, 2, 3]]))
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+def test_dropout_keep_mask_rate_and_independence():
+  from ftjax.models.transformer import dropout_keep_mask
+  shape = (32, 64, 96)
+  a = np.asarray(dropout_keep_mask(jax.random.PRNGKey(3), shape, 0.1))
+  b = np.asarray(dropout_keep_mask(jax.random.PRNGKey(4), shape, 0.1))
+  n = a.size
+  assert abs(a.mean() - 0.9) < 5 * math.sqrt(0.09 / n)  # 5 sigma
+  assert abs((a == b).mean() - 0.82) < 0.01  # two keys: independent masks
+  flat = a.reshape(-1).astype(np.float64)
+  for lag in (1, 96, 64 * 96):  # neighbours along every axis are uncorrelated
+    assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.02
+  np.testing.assert_array_equal(a, dropout_keep_mask(jax.random.PRNGKey(3), shape, 0.1))
+  assert np.asarray(dropout_keep_mask(jax.random.PRNGKey(0), (999,), 0.0)).all()
