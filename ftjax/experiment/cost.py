@@ -14,34 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from ftjax.experiment import config as config_lib
+# The FLOP counts and the break-even live with the planner, which checks them against runs.
+from ftjax.planning.estimate import break_even, inference_flops
 
-
-def _matmul_params(cfg) -> float:
-  e, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  return layers * (e * q + 2 * e * kv + q * e + 3 * e * f) + e * cfg.vocab_size
-
-
-def inference_flops(cfg, prompt_tokens: float, new_tokens: float, cached_tokens: float = 0.0
-                    ) -> float:
-  """Forward FLOPs to read the uncached prompt and generate `new_tokens`."""
-  q = cfg.num_heads * cfg.head_dim
-  read = max(prompt_tokens - cached_tokens, 0.0) + new_tokens
-  context = prompt_tokens + new_tokens / 2  # mean context each processed token attends to
-  return read * (2 * _matmul_params(cfg) + 4 * cfg.num_layers * q * context)
-
-
-def break_even(upfront_a: float, per_question_a: float, upfront_b: float,
-               per_question_b: float) -> float | None:
-  """Questions after which A (more upfront, cheaper per question) is cheaper than B; None if A
-  is never cheaper per question, 0 if A is not more expensive up front."""
-  saving = per_question_b - per_question_a
-  extra = upfront_a - upfront_b
-  if extra <= 0:
-    return 0.0
-  if saving <= 0:
-    return None
-  return extra / saving
+__all__ = ["break_even", "compute", "inference_flops"]
 
 
 def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
