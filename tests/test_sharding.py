@@ -75,3 +75,23 @@ def test_bad_mesh_is_a_clear_error():
     make_mesh({"model": 2})
   with pytest.raises(MeshConfigError, match="at most one axis may be -1"):
     make_mesh({"data": -1, "fsdp": -1})
+
+
+def test_no_involuntary_rematerialization_on_a_data_fsdp_tensor_mesh(tiny_llama_folder, tmp_path):
+  """XLA warns (C++ log, stderr) when it can only reshard a tensor by replicating it; the
+  embedding lookup on a data x fsdp x tensor mesh used to trigger it."""
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = subprocess.run(
+      [sys.executable, "-m", "ftjax.train", "--config", str(REPO / "configs" / "smollm2_full.py"),
+       "--workdir", str(tmp_path), f"--config.model={tiny_llama_folder}",
+       f"--config.data.train={REPO / 'data' / 'samples' / 'customer_service.jsonl'}",
+       "--config.num_steps=1", "--config.seq_len=128", "--config.batch_size=8",
+       "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+       "--config.mesh.num_devices=8", "--config.eval_every_steps=0"],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "step 1:" in done.stdout + done.stderr
+  assert "Involuntary full rematerialization" not in done.stderr, done.stderr[-3000:]

@@ -1,9 +1,15 @@
-"""ftjax vs transformers (PyTorch) on the same machine, in one run: forward, decoding, train step.
+"""ftjax vs its PyTorch peers on the same machine, in one run: forward, decoding, train steps
+(full fine-tuning vs transformers, LoRA vs peft), MiniLM encoding vs sentence-transformers, and
+the peak resident memory of a LoRA training run vs peft's.
 
   python experiments/bench/model_bench.py --out experiments/bench/results/model_cpu.json
 
 Each figure is the median of --repeats timed runs after one warm-up (which includes JAX's
-compilation). Both sides run fp32 with the model and inputs of the embedded SmolLM2-135M-Instruct.
+compilation, reported separately as `first_step_s`). Both sides run fp32 with the model and
+inputs of the embedded SmolLM2-135M-Instruct. LoRA: rank 16, alpha 32, dropout 0.05, all seven
+projections, AdamW over the adapters only, on both sides. Memory: `python -m ftjax.train` with
+configs/smollm2_lora.py (3 steps) and a peft loop at the same batch and sequence length, each in
+its own process; peak RSS (ru_maxrss) of each.
 """
 
 import argparse
@@ -12,6 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +58,12 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default="")
+  parser.add_argument("--cases", default="forward,decode,train_full,train_lora,encode,memory")
+  parser.add_argument("--peft_child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.peft_child:
+    return peft_training_run(args.model, batch=8, seq_len=256, steps=3)
+  cases = set(args.cases.split(","))
 
   model = ftjax.load(args.model)
   cfg, params, tokenizer = model.config, model.params, model.tokenizer
@@ -63,15 +75,33 @@ def main():
   rows = []
 
   # Forward (logits for every position).
-  jax_fwd = jax.jit(lambda p, t: forward(cfg, p, t))
   jt = jnp.asarray(tokens, jnp.int32)
   tt = torch.tensor(tokens)
+  first_steps = {}
+  if "forward" in cases:
+    forward_case(rows, cfg, params, hf, jt, tt, args)
+  if "decode" in cases:
+    decode_case(rows, cfg, params, tokenizer, hf, args)
+  if "train_full" in cases:
+    first_steps["full"] = train_full_case(rows, cfg, params, hf, jt, tt, args)
+  if "train_lora" in cases:
+    first_steps["lora"] = train_lora_case(rows, cfg, params, hf, jt, tt, args)
+  if "encode" in cases:
+    encode_case(rows, args)
+  memory = memory_case(args) if "memory" in cases else {}
+  report(rows, first_steps, memory, args)
+
+
+def forward_case(rows, cfg, params, hf, jt, tt, args):
+  jax_fwd = jax.jit(lambda p, t: forward(cfg, p, t))
   with torch.no_grad():
     t_jax = timed(lambda: jax_fwd(params, jt).block_until_ready(), args.repeats)
     t_torch = timed(lambda: hf(input_ids=tt).logits, args.repeats)
   n = args.batch * args.seq_len
   rows.append(("forward", f"{args.batch}x{args.seq_len} tokens", n / t_jax, n / t_torch, "tok/s"))
 
+
+def decode_case(rows, cfg, params, tokenizer, hf, args):
   # Greedy decoding, batched prompts of different lengths, fixed number of new tokens.
   ids = encode_prompts(tokenizer, PROMPTS)
   sampling = SamplingConfig(max_new_tokens=args.new_tokens)
@@ -90,12 +120,26 @@ def main():
   rows.append(("greedy decode", f"{len(ids)} prompts x {args.new_tokens} new", n / t_jax,
                n / t_torch, "tok/s"))
 
+
+def _batch(jt, seq_len):
+  return {"inputs": jt, "targets": jnp.roll(jt, -1, axis=1),
+          "loss_mask": jnp.ones(jt.shape, jnp.float32),
+          "segment_ids": jnp.ones(jt.shape, jnp.int32),
+          "positions": jnp.broadcast_to(jnp.arange(seq_len), jt.shape)}
+
+
+def _first_then_timed(jax_step, repeats):
+  start = time.perf_counter()
+  jax_step()
+  first = time.perf_counter() - start
+  return first, timed(jax_step, repeats)
+
+
+def train_full_case(rows, cfg, params, hf, jt, tt, args):
   # One full fine-tuning step (AdamW), all positions in the loss.
   optimizer = optax.adamw(1e-5)
   fns = make_step_fns(cfg, optimizer, accum_steps=1, lora=False, mesh=None)
-  batch = {"inputs": jt, "targets": jnp.roll(jt, -1, axis=1),
-           "loss_mask": jnp.ones(jt.shape, jnp.float32), "segment_ids": jnp.ones(jt.shape, jnp.int32),
-           "positions": jnp.broadcast_to(jnp.arange(args.seq_len), jt.shape)}
+  batch = _batch(jt, args.seq_len)
   state = {"step": jnp.int32(0), "params": params, "opt_state": optimizer.init(params),
            "rng": jax.random.PRNGKey(0)}
   step = jax.jit(fns.train_step, donate_argnums=(0,))
@@ -117,26 +161,135 @@ def main():
     loss.backward()
     torch_opt.step()
 
-  t_jax = timed(jax_step, args.repeats)
+  first, t_jax = _first_then_timed(jax_step, args.repeats)
   t_torch = timed(torch_step, args.repeats)
+  hf.eval()
   n = args.batch * args.seq_len
   rows.append(("train step (full FT, AdamW)", f"{args.batch}x{args.seq_len} tokens", n / t_jax,
                n / t_torch, "tok/s"))
+  return first
 
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def train_lora_case(rows, cfg, params, hf, jt, tt, args):
+  """LoRA rank 16 / alpha 32 / dropout 0.05 on all seven projections: ftjax vs peft."""
+  import peft
+  from ftjax import lora as lora_lib
+  lcfg = lora_lib.with_lora(cfg, rank=16, alpha=32.0, dropout=0.05)
+  adapters = lora_lib.init_lora(params, rank=16, targets=LORA_TARGETS, rng=jax.random.PRNGKey(0))
+  optimizer = optax.adamw(1e-4)
+  fns = make_step_fns(lcfg, optimizer, accum_steps=1, lora=True, mesh=None)
+  state = {"step": jnp.int32(0), "params": adapters, "opt_state": optimizer.init(adapters),
+           "rng": jax.random.PRNGKey(1)}
+  step = jax.jit(fns.train_step, donate_argnums=(0,))
+  batch = _batch(jt, args.seq_len)
+  box = [state]
+
+  def jax_step():
+    box[0], metrics = step(box[0], params, batch)
+    jax.block_until_ready(metrics)
+
+  first, t_jax = _first_then_timed(jax_step, args.repeats)
+  model = peft.get_peft_model(hf, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                                  target_modules=list(LORA_TARGETS)))
+  model.train()
+  torch_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+  labels = torch.roll(tt, -1, dims=1)
+
+  def torch_step():
+    torch_opt.zero_grad()
+    logits = model(input_ids=tt).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             labels.reshape(-1))
+    loss.backward()
+    torch_opt.step()
+
+  t_torch = timed(torch_step, args.repeats)
+  model.unload()  # hf back to the plain base
+  n = args.batch * args.seq_len
+  rows.append(("train step (LoRA r16, all proj.)", f"{args.batch}x{args.seq_len} tokens",
+               n / t_jax, n / t_torch, "tok/s vs peft"))
+  return first
+
+
+def encode_case(rows, args):
+  """all-MiniLM-L6-v2 over 512 synthetic passages, batch 64: ftjax vs sentence-transformers."""
+  from sentence_transformers import SentenceTransformer
+  from ftjax.data.synthetic import make_corpus
+  from ftjax.retrieval import dense
+  from ftjax.models.bert import load_encoder
+  texts = [d.text for d in make_corpus(512, seed=0)[0]][:512]
+  encoder = load_encoder("all-minilm-l6-v2")
+  model = SentenceTransformer(str(resolve("all-minilm-l6-v2")), device="cpu")
+  t_jax = timed(lambda: dense.encode(encoder, texts, batch_size=64), args.repeats)
+  t_torch = timed(lambda: model.encode(texts, batch_size=64), args.repeats)
+  rows.append(("MiniLM encode", f"{len(texts)} passages, batch 64", len(texts) / t_jax,
+               len(texts) / t_torch, "passages/s vs sentence-transformers"))
+
+
+def peft_training_run(model_name, *, batch, seq_len, steps):
+  """The peer of a `python -m ftjax.train` LoRA run, for its peak memory: load, wrap, train."""
+  import peft
+  from transformers import AutoModelForCausalLM
+  model = AutoModelForCausalLM.from_pretrained(str(resolve(model_name)), dtype=torch.float32)
+  model = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                                     target_modules=list(LORA_TARGETS)))
+  model.train()
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+  tokens = torch.randint(3, model.config.vocab_size, (batch, seq_len))
+  for _ in range(steps):
+    opt.zero_grad()
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    opt.step()
+
+
+def _peak_rss_gb(argv) -> float:
+  """Peak resident memory of a command run in a fresh Python that only waits for it."""
+  wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+             "assert r.returncode == 0, r.returncode; "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+  out = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
+  if out.returncode:
+    raise RuntimeError(out.stderr[-2000:])
+  return int(out.stdout.strip().splitlines()[-1]) / 2**20
+
+
+def memory_case(args) -> dict:
+  import tempfile
+  repo = Path(__file__).resolve().parents[2]
+  with tempfile.TemporaryDirectory() as workdir:
+    ftjax_gb = _peak_rss_gb([sys.executable, "-m", "ftjax.train", "--config",
+                             str(repo / "configs" / "smollm2_lora.py"), "--workdir", workdir,
+                             "--config.num_steps=3", "--config.eval_every_steps=0",
+                             "--config.checkpoint.every_steps=3", f"--config.model={args.model}"])
+  peft_gb = _peak_rss_gb([sys.executable, __file__, "--peft_child", "--model", args.model])
+  return {"ftjax_lora_run_peak_rss_gb": ftjax_gb, "peft_lora_run_peak_rss_gb": peft_gb,
+          "shape": "configs/smollm2_lora.py: batch 8 x 256, rank 16, all projections"}
+
+
+def report(rows, first_steps, memory, args):
   print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)")
-  print(f"{'what':32} {'shape':26} {'ftjax':>10} {'transformers':>13} {'ratio':>7}")
+        f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f}")
+  print(f"{'what':34} {'shape':26} {'ftjax':>10} {'peer':>10} {'ratio':>7}")
   for what, shape, ours, theirs, unit in rows:
-    print(f"{what:32} {shape:26} {ours:10.1f} {theirs:13.1f} {ours / theirs:6.2f}x  ({unit})")
+    print(f"{what:34} {shape:26} {ours:10.1f} {theirs:10.1f} {ours / theirs:6.2f}x  ({unit})")
+  for kind, seconds in first_steps.items():
+    print(f"first {kind} train step (compilation included): {seconds:.1f} s")
+  if memory:
+    print(f"peak RSS, LoRA run ({memory['shape']}): ftjax {memory['ftjax_lora_run_peak_rss_gb']:.2f}"
+          f" GB, peft {memory['peft_lora_run_peak_rss_gb']:.2f} GB")
   if args.out:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     record = {"args": vars(args), "commit": commit, "jax": jax.__version__,
               "torch": torch.__version__, "transformers": metadata.version("transformers"),
-              "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-              "rows": [dict(zip(("what", "shape", "ftjax", "transformers", "unit"), r))
-                       for r in rows]}
+              "peft": metadata.version("peft"), "device": str(jax.devices()[0]),
+              "cpu_count": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0],
+              "rows": [dict(zip(("what", "shape", "ftjax", "peer", "unit"), r)) for r in rows],
+              "first_step_s": first_steps, "memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
 

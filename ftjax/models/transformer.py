@@ -367,7 +367,12 @@ class Transformer(nn.Module):
     batch, seq = tokens.shape
     embedding = _param(self, "embedding", nn.initializers.normal(1.0),
                        (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
-    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    # The lookup reads whole rows: gather the table's `embed` shards first (FSDP's all-gather of a
+    # weight before use). Gathering from rows split over `fsdp` left the result split on `embed`,
+    # which XLA could only re-split over the batch by replicating it ("involuntary full
+    # rematerialization" on a data x fsdp x tensor mesh).
+    table = _constrain(embedding, ("vocab", "activation_embed"))
+    x = jnp.take(table, tokens, axis=0).astype(dt)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, dt)
     x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
