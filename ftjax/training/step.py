@@ -137,20 +137,22 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
         (jnp.arange(accum_steps), micro_batches))
     denom = jnp.maximum(num_tokens, 1.0)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     loss = loss_sum / denom
-    # A non-finite loss or gradient, or an update that overflows the params, is skipped: params
-    # and optimizer state stay as they were, the step still counts. Decided on device (no host
-    # sync); the loop stops the run after too many in a row.
-    def all_finite(tree):
-      return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    # A non-finite loss or gradient skips the update: params and optimizer state stay as they
+    # were, the step still counts. Decided on device (no host sync) from the loss and the global
+    # gradient norm (non-finite iff some gradient is, or their squares overflow), and taken with
+    # `lax.cond`, so a finite step pays no extra pass over params and optimizer state; the loop
+    # stops the run after too many in a row.
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
-    keep_if_finite = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree.map(keep_if_finite, params, state["params"])
-    opt_state = jax.tree.map(keep_if_finite, opt_state, state["opt_state"])
-    metrics = {"loss": loss, "target_tokens": num_tokens, "grad_norm": optax.global_norm(grads),
+    def update(_):
+      updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+      return optax.apply_updates(state["params"], updates), new_opt_state
+
+    params, opt_state = jax.lax.cond(finite, update,
+                                     lambda _: (state["params"], state["opt_state"]), None)
+    metrics = {"loss": loss, "target_tokens": num_tokens, "grad_norm": grad_norm,
                "nonfinite": 1.0 - finite.astype(jnp.float32)}
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, metrics
