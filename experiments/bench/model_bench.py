@@ -140,7 +140,8 @@ def train_full_case(rows, cfg, params, hf, jt, tt, args):
   optimizer = optax.adamw(1e-5)
   fns = make_step_fns(cfg, optimizer, accum_steps=1, lora=False, mesh=None)
   batch = _batch(jt, args.seq_len)
-  state = {"step": jnp.int32(0), "params": params, "opt_state": optimizer.init(params),
+  trained = jax.tree.map(jnp.copy, params)  # the step donates its state; keep `params`
+  state = {"step": jnp.int32(0), "params": trained, "opt_state": optimizer.init(trained),
            "rng": jax.random.PRNGKey(0)}
   step = jax.jit(fns.train_step, donate_argnums=(0,))
   box = [state]
