@@ -63,6 +63,14 @@ def measure(model: str, method: str, batch: int, seq_len: int, *, steps: int = 1
 
 
 def _peak_rss_bytes() -> int:
+  # VmHWM is this process's own peak. ru_maxrss is not: Linux carries it over fork and exec,
+  # so a child of a large process (a long pytest session) reports its parent's peak.
+  try:
+    for line in open("/proc/self/status"):
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
