@@ -462,27 +462,23 @@ def lm_head_weights(cfg: ModelConfig, params) -> tuple[Array, str]:
   return params["lm_head"], "ev"
 
 
+def _apply(cfg, params, tokens, positions, segment_ids, lora, deterministic, rngs, **kwargs):
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  variables = {"params": params} if lora is None else {"params": params, "lora": lora}
+  out, _ = Transformer(cfg).apply(variables, tokens, positions, segment_ids,
+                                  deterministic=deterministic, rngs=rngs, **kwargs)
+  return out
+
+
 def hidden_states(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, lora=None,
                   deterministic=True, rngs=None):
   """The final-normed hidden states [batch, seq, hidden] (in cfg.dtype), before the head."""
-  if positions is None:
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  variables = {"params": params}
-  if lora is not None:
-    variables["lora"] = lora
-  hidden, _ = Transformer(cfg).apply(variables, tokens, positions, segment_ids,
-                                     deterministic=deterministic, rngs=rngs, return_hidden=True)
-  return hidden
+  return _apply(cfg, params, tokens, positions, segment_ids, lora, deterministic, rngs,
+                return_hidden=True)
 
 
 def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, lora=None,
             deterministic=True, rngs=None):
   """Pure logits function used by training and scoring. Returns [batch, seq, vocab] fp32."""
-  if positions is None:
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  variables = {"params": params}
-  if lora is not None:
-    variables["lora"] = lora
-  logits, _ = Transformer(cfg).apply(variables, tokens, positions, segment_ids,
-                                     deterministic=deterministic, rngs=rngs)
-  return logits
+  return _apply(cfg, params, tokens, positions, segment_ids, lora, deterministic, rngs)
