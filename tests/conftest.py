@@ -1,9 +1,20 @@
 """Shared test set-up: 8 simulated CPU devices, and session-wide embedded models."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must be set before JAX initialises its backend: sharding tests use 8 host devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# JAX's persistent compilation cache, fresh for each session (or the folder a developer names):
+# many tests train the same tiny model, in this process and in `python -m ftjax.train`
+# subprocesses (restarts after SIGKILL), and would otherwise compile the same step again and
+# again. Tests that look at compilation itself turn it off (JAX_ENABLE_COMPILATION_CACHE=false).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ftjax-test-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -85,12 +85,7 @@ def tiny_config(model_folder, files, **overrides):
   c.finetune.checkpoint.async_save = False
   c.raft.num_distractors = 1
   c.knowledge_update.num_steps = 1
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for part in parents:
-      target = target[part]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
@@ -236,6 +231,8 @@ def test_training_data_composition(domain, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("--config.retrieval.kk=3", "error: config key retrieval.kk: not an experiment config key"),
     ("--config.data.docs=/no/such/docs.jsonl", "error: data.docs: /no/such/docs.jsonl: no such file"),
+    ("--config.security.canary_share=2.0", "error: config key security.canary_share"),
+    ("--config.security.bogus=1", "error: config key security.bogus"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, override, message):
   import subprocess

@@ -44,12 +44,7 @@ def _config(model, data, **changes):
   c.optimizer.warmup_steps = 1
   c.mesh.data = 1
   c.mesh.num_devices = 1
-  for key, value in changes.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

@@ -39,12 +39,7 @@ def _config(folder, **changes):
   c.optimizer.warmup_steps = 1
   c.mesh.data = 1
   c.mesh.num_devices = 1
-  for key, value in changes.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

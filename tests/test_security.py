@@ -202,24 +202,6 @@ def test_unknown_security_key_names_it(domain):
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.security.canary_share=2.0", "error: config key security.canary_share"),
-    ("--config.security.bogus=1", "error: config key security.bogus"),
-])
-def test_cli_security_errors_are_one_line(tmp_path, override, message):
-  import subprocess
-  import sys
-  from pathlib import Path
-  root = Path(__file__).resolve().parent.parent
-  result = subprocess.run([sys.executable, "-m", "ftjax.experiment", "--config",
-                           str(root / "configs/experiments/support.py"), "--workdir",
-                           str(tmp_path / "run"), override], capture_output=True, text=True,
-                          cwd=root, timeout=300)
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith(message)
-  assert "Traceback" not in result.stderr
-
-
 def test_experiment_retrieval_and_cag_respect_the_callers_groups(domain, tmp_path):
   from ftjax.experiment import runner
   docs = tmp_path / "docs.jsonl"

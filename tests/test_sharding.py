@@ -83,7 +83,8 @@ def test_no_involuntary_rematerialization_on_a_data_fsdp_tensor_mesh(tiny_llama_
   import os
   import subprocess
   import sys
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the warning comes from compiling
   done = subprocess.run(
       [sys.executable, "-m", "ftjax.train", "--config", str(REPO / "configs" / "smollm2_full.py"),
        "--workdir", str(tmp_path), f"--config.model={tiny_llama_folder}",

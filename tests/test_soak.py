@@ -25,7 +25,7 @@ NUM_KILLS = 10
 def _cli(workdir, folder):
   return [sys.executable, "-m", "ftjax.train", "--config", str(REPO / "configs" / "smollm2_lora.py"),
           "--workdir", str(workdir), f"--config.model={folder}", f"--config.data.train={SAMPLE_DATA}",
-          "--config.seq_len=128", "--config.batch_size=8", f"--config.num_steps={NUM_STEPS}",
+          "--config.seq_len=128", "--config.batch_size=2", f"--config.num_steps={NUM_STEPS}",
           "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=2",
           "--config.eval_every_steps=0", "--config.log_every_steps=1",
           "--config.lora.rank=4", "--config.optimizer.learning_rate=0.01",

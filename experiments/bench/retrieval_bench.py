@@ -46,14 +46,8 @@ def numpy_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int, batch: int 
 
 
 def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
+  from ftjax.planning.hardware import cpu_name
+  cpu = cpu_name()
   mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem, 1),
           "platform": platform.platform(), "load_avg_1m_start": os.getloadavg()[0]}

@@ -337,10 +337,12 @@ def _write_gguf(path: Path, cfg, params, tok: dict, gguf_type: str):
   import gguf
   arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[cfg.family]
   names = gguf.get_tensor_name_map(arch, cfg.num_layers)
-  qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-            "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
-  file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+  # --dtype -> (tensor type, file type); the two must agree.
+  qtype, file_type = {
+      "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+      "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+      "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+      "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}[gguf_type]
   writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
   writer.add_name(f"{cfg.family} (ftjax export)")
   writer.add_context_length(cfg.max_position_embeddings)
@@ -355,7 +357,7 @@ def _write_gguf(path: Path, cfg, params, tok: dict, gguf_type: str):
   writer.add_rope_freq_base(cfg.rope_theta)
   writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
   writer.add_vocab_size(cfg.vocab_size)
-  writer.add_file_type(file_types[gguf_type])
+  writer.add_file_type(file_type)
   writer.add_tokenizer_model("gpt2")
   writer.add_tokenizer_pre(tok["pre"])
   writer.add_token_list(tok["tokens"])
@@ -375,17 +377,17 @@ def _write_gguf(path: Path, cfg, params, tok: dict, gguf_type: str):
       tensor = _llama_permute(tensor, cfg.num_heads)
     elif cfg.family == "llama" and hf_name.endswith("k_proj.weight"):
       tensor = _llama_permute(tensor, cfg.num_kv_heads)
-    qtype = qtypes[gguf_type]
+    kind = qtype
     if tensor.ndim == 1:  # norms and biases stay f32, as llama.cpp keeps them
-      qtype = gguf.GGMLQuantizationType.F32
-    elif qtype == gguf.GGMLQuantizationType.Q8_0 and tensor.shape[-1] % 32:
-      qtype = gguf.GGMLQuantizationType.F16  # rows that do not fill Q8_0 blocks (llama.cpp too)
-    if qtype == gguf.GGMLQuantizationType.F32:
+      kind = gguf.GGMLQuantizationType.F32
+    elif kind == gguf.GGMLQuantizationType.Q8_0 and tensor.shape[-1] % 32:
+      kind = gguf.GGMLQuantizationType.F16  # rows that do not fill Q8_0 blocks (llama.cpp too)
+    if kind == gguf.GGMLQuantizationType.F32:
       writer.add_tensor(name, tensor)
-    elif qtype == gguf.GGMLQuantizationType.F16:
+    elif kind == gguf.GGMLQuantizationType.F16:
       writer.add_tensor(name, tensor.astype(np.float16))
     else:
-      writer.add_tensor(name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+      writer.add_tensor(name, gguf.quants.quantize(tensor, kind), raw_dtype=kind)
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()

@@ -68,16 +68,19 @@ def _cache_file() -> Path:
   return Path(root) / "cpu_calibration.json"
 
 
-def _machine_key() -> str:
-  cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+  """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
+        return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return f"{cpu} x{os.cpu_count()}"
+  return platform.processor() or platform.machine()
+
+
+def _machine_key() -> str:
+  return f"{cpu_name()} x{os.cpu_count()}"
 
 
 def _rate(fn, args, work: float, repeats: int) -> float:

@@ -32,6 +32,8 @@ def measure_many(runs: list[dict], *, steps: int = 1, timeout: float = 1200) -> 
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one host device
   env.setdefault("HF_HUB_OFFLINE", "1")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Compiled as a fresh run compiles: a persistent-cache hit would skip compilation's memory.
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   cpus = sorted(os.sched_getaffinity(0))
   results = []
   for first in range(0, len(runs), len(cpus)):  # as many at once as there are cores
