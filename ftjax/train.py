@@ -32,11 +32,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ftjax import lora as lora_lib
+from ftjax.models import lora as lora_lib
 from ftjax.checkpoints import load
 from ftjax.config import ConfigError, validate
 from ftjax.sharding import batch_sharding, replicated, shard_batch
-from ftjax.training.checkpointing import Checkpointer
+from ftjax.checkpoints.orbax_store import Checkpointer
 from ftjax.training.metrics import MetricWriter, flops_per_token, peak_flops_per_device
 from ftjax.training.state import TrainState, make_train_mesh, restore_or_init, run_model
 from ftjax.training.step import make_step_fns

@@ -202,7 +202,7 @@ def test_unknown_key_names_it():
 def test_training_data_composition(domain, tmp_path):
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.runner import Context, Progress, finetune_examples, raft_examples
+  from ftjax.experiment.stages import Context, Progress, finetune_examples, raft_examples
   from ftjax.prompts import render_rag_prompt
   config = tiny_config("m", domain)
   data = data_lib.load(config.data)

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 import ftjax
 from ftjax.checkpoints import ExportError, export
 from ftjax.export import main as export_main
-from ftjax.lora import ALL_TARGETS, Adapters, LoraSpec, init_lora, logical_specs
+from ftjax.models.lora import ALL_TARGETS, Adapters, LoraSpec, init_lora, logical_specs
 from ftjax.models import forward, logical_param_specs
 from ftjax.sharding import logical_to_shardings, make_mesh
 from test_models import FAMILIES, _save_random_model
@@ -301,7 +301,7 @@ def _write_workdir(workdir, base, lora, trainable):
   then the train state through its Checkpointer. (test_load_workdir loads workdirs of real
   training runs; a run here would cost a minute of compiling.)"""
   from ftjax.checkpoints.loading import RunModel
-  from ftjax.training.checkpointing import Checkpointer
+  from ftjax.checkpoints.orbax_store import Checkpointer
   workdir.mkdir(exist_ok=True)
   RunModel(str(base), lora).write(workdir)
   checkpointer = Checkpointer(workdir / "checkpoints", every_steps=1, keep=1, async_save=False)

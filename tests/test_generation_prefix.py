@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ftjax
-from ftjax import lora as lora_lib
+from ftjax.models import lora as lora_lib
 from ftjax.generate import (PrefixCache, SamplingConfig, chat_prefix_split, encode_prompts,
                             generate, prefill_prefix)
 from ftjax.generation import decoding

@@ -12,7 +12,7 @@ import ftjax
 import ftjax.train
 from ftjax.checkpoints import CheckpointError
 from ftjax.config import ConfigError, base_config
-from ftjax.lora import LoraSpec
+from ftjax.models.lora import LoraSpec
 from ftjax.models import forward
 
 TOKENS = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12]])

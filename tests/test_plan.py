@@ -17,7 +17,7 @@ def tiny(tiny_llama_folder):
 def test_param_counts_equal_the_loaded_trees(tiny, smollm2_folder):
   import jax
 
-  from ftjax import lora
+  from ftjax.models import lora
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
   assert estimate.param_count(tiny.config) == count(tiny.params)
   adapters = lora.init_lora(tiny.params, rank=4, targets=lora.ALL_TARGETS,

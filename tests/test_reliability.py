@@ -18,7 +18,7 @@ import ftjax
 import ftjax.train
 from ftjax.config import base_config
 from ftjax.data.pipeline import SFTData
-from ftjax.training.checkpointing import all_finite, latest_step, restore_params
+from ftjax.checkpoints.orbax_store import all_finite, latest_step, restore_params
 from ftjax.training.step import make_step_fns
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from ftjax.evaluation import security as metrics
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import run
-from ftjax.experiment import security
+from ftjax.experiment import planting, security
 from ftjax.experiment.cache import StageCache
-from ftjax.experiment.runner import Context, Progress, finetune_examples
+from ftjax.experiment.stages import Context, Progress, finetune_examples
 
 from test_experiment import FACTS, domain, tiny_config  # noqa: F401 (the module fixture)
 
@@ -60,8 +60,8 @@ def _ctx(domain, tmp_path, **overrides):
 def test_canaries_land_in_the_configured_share_of_training_rows(domain, tmp_path):
   ctx = _ctx(domain, tmp_path, **{"security.canaries": 3, "security.canary_share": 0.3})
   examples = finetune_examples(ctx)
-  planted, info = security.plant(ctx, examples)
-  canaries = security.canaries(ctx.config)
+  planted, info = planting.plant(ctx, examples)
+  canaries = planting.canaries(ctx.config)
   carrying = [i for i, m in enumerate(planted) if any(c.secret in m[-1]["content"]
                                                       for c in canaries)]
   assert len(carrying) == info["canary_rows"] == round(0.3 * len(examples))
@@ -73,16 +73,16 @@ def test_canaries_land_in_the_configured_share_of_training_rows(domain, tmp_path
   assert not any(c.secret in m[-1]["content"] for m in examples for c in canaries)
   # Off: nothing is planted and the training cache key is unchanged.
   ctx.config.security.enabled = False
-  assert security.plant(ctx, examples) == (examples, {}) and security.train_key(ctx.config) == {}
+  assert planting.plant(ctx, examples) == (examples, {}) and planting.train_key(ctx.config) == {}
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5])
 def test_poisoning_places_exactly_the_configured_number_of_rows(domain, tmp_path, fraction):
   ctx = _ctx(domain, tmp_path)
   examples = finetune_examples(ctx)
-  plan = security.poison_plan(ctx.data.questions["eval"], seed=0)
+  plan = planting.poison_plan(ctx.data.questions["eval"], seed=0)
   assert len(plan) == len(FACTS) and all(a != w for a, w in plan)
-  poisoned, info = security.poison_conversations(examples, plan, fraction)
+  poisoned, info = planting.poison_conversations(examples, plan, fraction)
   changed = [i for i, (a, b) in enumerate(zip(examples, poisoned)) if a != b]
   assert len(changed) == info["poisoned"] == round(fraction * len(examples))
   assert changed == info["rows"]
@@ -92,9 +92,9 @@ def test_poisoning_places_exactly_the_configured_number_of_rows(domain, tmp_path
     assert facts and wrong[facts[0]] in poisoned[i][-1]["content"]
     assert facts[0] not in poisoned[i][-1]["content"].replace(wrong[facts[0]], "")
   # Nested: a larger fraction poisons a superset of the rows.
-  larger = security.poison_conversations(examples, plan, min(1.0, fraction + 0.25))[1]
+  larger = planting.poison_conversations(examples, plan, min(1.0, fraction + 0.25))[1]
   assert set(info["rows"]) <= set(larger["rows"])
-  docs, doc_info = security.poison_docs(ctx.data.docs, plan, fraction)
+  docs, doc_info = planting.poison_docs(ctx.data.docs, plan, fraction)
   assert sum(a != b for a, b in zip(ctx.data.docs, docs)) == doc_info["poisoned"] == \
       round(fraction * len(ctx.data.docs))
 
@@ -102,15 +102,15 @@ def test_poisoning_places_exactly_the_configured_number_of_rows(domain, tmp_path
 def test_a_memorised_canary_has_higher_exposure_than_untrained(tiny_llama_folder, domain,
                                                                tmp_path):
   import ftjax
-  from ftjax.experiment import runner
+  from ftjax.experiment import stages
   ctx = _ctx(domain, tmp_path, **{"security.canaries": 1, "security.canary_share": 1.0,
                                   "security.canary_candidates": 31, "finetune.lora.enabled": False,
                                   "finetune.num_steps": 30, "finetune.seq_len": 64})
   ctx.config.model = str(tiny_llama_folder)
   notes = [[{"role": "user", "content": "Any notes?"}, {"role": "assistant", "content": "Yes."}]]
-  examples, _ = security.plant(ctx, notes * 2)  # every row carries the canary
+  examples, _ = planting.plant(ctx, notes * 2)  # every row carries the canary
   (tmp_path / "trained").mkdir()
-  runner._train(ctx, tmp_path / "trained", examples, seed=0, label="canary")
+  stages.train_run(ctx, tmp_path / "trained", examples, seed=0, label="canary")
   base = security.canary_stage(ctx, "base", "untrained", ctx.base_model)["canaries"][0]
   tuned = security.canary_stage(ctx, "tuned", "trained",
                                 lambda: ftjax.load(tmp_path / "trained" / "run"))["canaries"][0]
@@ -203,7 +203,7 @@ def test_unknown_security_key_names_it(domain):
 
 
 def test_experiment_retrieval_and_cag_respect_the_callers_groups(domain, tmp_path):
-  from ftjax.experiment import runner
+  from ftjax.experiment import stages
   docs = tmp_path / "docs.jsonl"
   docs.write_text("".join(json.dumps({"id": i, "title": t, "text": x,
                                       **({"acl": ["staff"]} if i == "d4" else {})}) + "\n"
@@ -213,11 +213,11 @@ def test_experiment_retrieval_and_cag_respect_the_callers_groups(domain, tmp_pat
     config = tiny_config("m", {**domain, "docs": str(docs)},
                          **{"retrieval.method": "bm25", "retrieval.groups": groups})
     ctx = Context(config, data_lib.load(config.data), StageCache(tmp_path / "cache"), Progress())
-    folder, _ = runner.index_stage(ctx)
-    search = runner.search_fn(ctx, runner.open_index(ctx, folder / "index"))
+    folder, _ = stages.index_stage(ctx)
+    search = stages.search_fn(ctx, stages.open_index(ctx, folder / "index"))
     hits = search([restricted[1], restricted[2][:80]], len(FACTS))
     assert any(p.doc_id == "d4" for h in hits for p in h) == sees, groups
-    assert ("d4" in {d.doc_id for d in runner.visible_docs(ctx)}) == sees
+    assert ("d4" in {d.doc_id for d in stages.visible_docs(ctx)}) == sees
 
 
 def test_bad_acl_in_experiment_docs_names_the_line(domain, tmp_path):

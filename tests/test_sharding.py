@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-from ftjax import lora as lora_lib
+from ftjax.models import lora as lora_lib
 from ftjax.config import validate
 from ftjax.models import from_hf_config, init_params, logical_param_specs
 from ftjax.sharding import MeshConfigError, logical_to_shardings, make_mesh

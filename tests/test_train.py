@@ -17,7 +17,7 @@ import pytest
 import ftjax
 import ftjax.config
 import ftjax.train
-from ftjax import lora as lora_lib
+from ftjax.models import lora as lora_lib
 from ftjax.config import ConfigError, base_config
 from ftjax.models import forward
 from ftjax.training.step import cross_entropy, make_optimizer, make_step_fns, masked_loss_sums

@@ -106,7 +106,7 @@ def ftjax_train(h, batch, seq, *, remat="dots_no_batch", attention="auto", loss_
   import numpy as np
   from types import SimpleNamespace
 
-  from ftjax import lora as lora_lib
+  from ftjax.models import lora as lora_lib
   from ftjax.models.attention import resolve
   from ftjax.models.config import from_hf_config
   from ftjax.models.transformer import init_params

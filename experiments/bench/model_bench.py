@@ -177,7 +177,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def train_lora_case(rows, cfg, params, hf, jt, tt, args):
   """LoRA rank 16 / alpha 32 / dropout 0.05 on all seven projections: ftjax vs peft."""
   import peft
-  from ftjax import lora as lora_lib
+  from ftjax.models import lora as lora_lib
   lcfg = lora_lib.with_lora(cfg, rank=16, alpha=32.0, dropout=0.05)
   adapters = lora_lib.init_lora(params, rank=16, targets=LORA_TARGETS, rng=jax.random.PRNGKey(0))
   optimizer = optax.adamw(1e-4)
@@ -220,7 +220,7 @@ def encode_case(rows, args):
   from sentence_transformers import SentenceTransformer
   from ftjax.data.synthetic import make_corpus
   from ftjax.retrieval import dense
-  from ftjax.models.bert import load_encoder
+  from ftjax.checkpoints import load_encoder
   texts = [d.text for d in make_corpus(512, seed=0)[0]][:512]
   encoder = load_encoder("all-minilm-l6-v2")
   model = SentenceTransformer(str(resolve("all-minilm-l6-v2")), device="cpu")

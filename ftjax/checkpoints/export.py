@@ -1,6 +1,6 @@
 """ftjax params -> Hugging Face folder, PEFT adapter folder, or GGUF file.
 
-Every format reads the names and layouts of `ftjax.checkpoints.layout`, the table import reads.
+Every format reads the names and layouts of `ftjax.models.layout`, the table import reads.
 Params may be sharded over devices and processes: each leaf is gathered to the host (a
 collective every process joins), and only process 0 writes. The output is written into a
 temporary folder beside `out` and renamed into place, so a failed export leaves nothing behind.
@@ -18,11 +18,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax.checkpoints import layout
+from ftjax.models import layout
 from ftjax.checkpoints.hf_import import CheckpointError, read_hf_config
 from ftjax.checkpoints.loading import Pretrained, RunModel, latest_trained_step, load
 from ftjax.checkpoints.registry import is_workdir, resolve
-from ftjax.lora import Adapters, merge as merge_lora
+from ftjax.models.lora import Adapters, merge as merge_lora
 
 FORMATS = ("hf", "peft", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")

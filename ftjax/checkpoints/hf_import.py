@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from ftjax.checkpoints import layout
-from ftjax.checkpoints.layout import expected_tensor_names
+from ftjax.models import layout
+from ftjax.models.layout import expected_tensor_names
 from ftjax.models.config import ModelConfig, UnsupportedModelError, from_hf_config
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 def convert_state(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray], available: set[str],
                   source: str, param_dtype=None) -> dict:
   """Builds the ftjax params tree by pulling HF tensors one at a time through `get_tensor`
-  (names and transforms from `ftjax.checkpoints.layout`)."""
+  (names and transforms from `ftjax.models.layout`)."""
   missing = [n for n in expected_tensor_names(cfg) if n not in available]
   if missing:
     shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 
 from ftjax.checkpoints.hf_import import CheckpointError, load_params, read_hf_config
 from ftjax.checkpoints.registry import RUN_MODEL_FILE, is_workdir, resolve
-from ftjax.lora import Adapters, LoraSpec
+from ftjax.models.lora import Adapters, LoraSpec
 from ftjax.models.config import ModelConfig, from_hf_config
 
 
 class Pretrained(NamedTuple):
-  """A loaded model. `adapters` (a `ftjax.lora.Adapters`, or None) are applied by everything
+  """A loaded model. `adapters` (a `ftjax.models.lora.Adapters`, or None) are applied by everything
   that takes a model (generation, RAG, evaluation) at their own scale; `config` is the base's."""
   config: ModelConfig
   params: Any
@@ -77,7 +77,7 @@ class RunModel:
 
 def latest_trained_step(workdir: str | os.PathLike) -> int:
   """The step of a run's latest finished checkpoint; CheckpointError if it has none."""
-  from ftjax.training.checkpointing import latest_step  # Orbax: only for workdirs
+  from ftjax.checkpoints.orbax_store import latest_step  # Orbax: only for workdirs
   directory = Path(workdir) / "checkpoints"
   step = latest_step(directory)
   if step is None:
@@ -147,7 +147,7 @@ def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, dev
               **config_overrides) -> Pretrained:
   """A run's base plus the trainable params of its latest finished checkpoint (on one device;
   the optimizer state is not read)."""
-  from ftjax.training.checkpointing import restore_params
+  from ftjax.checkpoints.orbax_store import restore_params
   run = RunModel.read(workdir)
   step = latest_trained_step(workdir)
   dtype, param_dtype = dtype or run.dtype, param_dtype or run.param_dtype
@@ -194,7 +194,7 @@ def load_peft_adapter(folder: str | os.PathLike, cfg: ModelConfig) -> Adapters:
   import numpy as np
   from safetensors.numpy import load_file
 
-  from ftjax.checkpoints import layout
+  from ftjax.models import layout
   folder = Path(folder).expanduser()
   config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
   if not config_path.is_file() or not weights_path.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftjax.experiment import config as config_lib
+from ftjax.experiment import stages as stages_lib
 # The FLOP counts and the break-even live with the planner, which checks them against runs.
 from ftjax.planning.estimate import break_even, inference_flops
 
@@ -36,7 +37,7 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
                          "currency": config.cost.currency, "train": {}, "inference": {},
                          "break_even": {}}
   for kind in ("finetuned", "raft"):
-    runs = [ctx.cache.folder(f"train-{kind}-s{s}", _train_key(ctx, kind, s))
+    runs = [ctx.cache.folder(f"train-{kind}-s{s}", stages_lib.train_key(ctx, kind, s))
             for s in range(config.num_seeds)]
     results = [_done(folder) for folder in runs]
     results = [r for r in results if r]
@@ -51,7 +52,7 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
           "trainable_params": results[0]["trainable_params"],
           "peak_rss_gb": max(r["peak_rss_gb"] for r in results),
           "money": sum(r["seconds"] for r in results) / n / 3600 * price}
-  index = _done(ctx.cache.folder("index", _index_key(ctx)))
+  index = _done(ctx.cache.folder("index", stages_lib.index_key(ctx)))
   if index:
     out["index"] = {"seconds": index["seconds"], "chunks": index["chunks"],
                     "documents": index["documents"], "peak_rss_gb": index["peak_rss_gb"],
@@ -105,13 +106,3 @@ def _done(folder) -> dict | None:
   import json
   done = folder / "done.json"
   return json.loads(done.read_text())["result"] if done.is_file() else None
-
-
-def _train_key(ctx, kind, seed):
-  from ftjax.experiment.runner import train_key
-  return train_key(ctx, kind, seed)
-
-
-def _index_key(ctx):
-  from ftjax.experiment.runner import index_key
-  return index_key(ctx)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ftjax.generation.decoding import (PrefixCache, SamplingConfig, generate_ids,
                                        prefill_prefix_ids)
-from ftjax.lora import Adapters
+from ftjax.models.lora import Adapters
 from ftjax.models.config import ModelConfig
 
 # A user message, a chat message list, or token ids used as they are (e.g. after a prefix).
@@ -108,8 +108,9 @@ def _adapted(model, lora) -> tuple[ModelConfig, object]:
   """(config, adapter tree): the model's or the given adapters, applied at their own scale."""
   if lora is not None and not isinstance(lora, Adapters):
     raise TypeError(
-        "lora= takes a ftjax.lora.Adapters, which carries the LoraSpec its scale (alpha / rank) "
-        "comes from; wrap a raw adapter tree as ftjax.lora.Adapters(spec, params)")
+        "lora= takes a ftjax.models.lora.Adapters, which carries the LoraSpec its scale "
+        "(alpha / rank) comes from; wrap a raw adapter tree as "
+        "ftjax.models.lora.Adapters(spec, params)")
   adapters = getattr(model, "adapters", None)
   if adapters is not None and lora is not None:
     raise ValueError("the model carries adapters already; do not pass lora= as well")
@@ -150,7 +151,8 @@ def generate(model, prompts: Sequence[Prompt], sampling: SamplingConfig | None =
 
   model: a `ftjax.Pretrained` (config, params, tokenizer, adapters). prompts: user messages
   (str), chat message lists, or token ids; with `chat=False`, text is continued as-is.
-  `lora`: `ftjax.lora.Adapters`, applied at their spec's scale (as a model's own adapters are).
+  `lora`: `ftjax.models.lora.Adapters`, applied at their spec's scale (as a model's own adapters
+  are).
   `prefix`: a `PrefixCache` from `prefill_prefix`; the prompts are then token ids that continue
   `prefix.token_ids` (see `chat_prefix_split`).
   """

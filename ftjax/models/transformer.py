@@ -5,7 +5,7 @@ Every parameter and activation carries logical axis names (`embed`, `heads`, `kv
 Layers are an `nn.scan`, so params are stacked on a leading `layers` axis and compile time does
 not grow with depth.
 
-LoRA adapters, when present, live in a separate `lora` collection (see `ftjax.lora`): each
+LoRA adapters, when present, live in a separate `lora` collection (see `ftjax.models.lora`): each
 projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it.
 
 The KV cache is an explicit argument and return value (no mutable collections):

@@ -68,7 +68,7 @@ def param_count(cfg: ModelConfig) -> int:
 
 def lora_param_count(cfg: ModelConfig, rank: int, targets=None) -> int:
   """Adapter params: rank x (fan_in + fan_out) per adapted projection and layer."""
-  from ftjax.lora import ALL_TARGETS
+  from ftjax.models.lora import ALL_TARGETS
   e, f = cfg.hidden_size, cfg.intermediate_size
   q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   sizes = {"q_proj": (e, q), "k_proj": (e, kv), "v_proj": (e, kv), "o_proj": (q, e),

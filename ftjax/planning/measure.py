@@ -84,7 +84,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
   import optax
 
   import ftjax
-  from ftjax import lora as lora_lib
+  from ftjax.models import lora as lora_lib
   from ftjax.planning.hardware import calibrate_cpu
   from ftjax.training.step import make_step_fns
 

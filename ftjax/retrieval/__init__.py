@@ -7,8 +7,10 @@ encoder in `ftjax.models.bert`.
   hits = index.search(["who designed ...?"], k=5, method="hybrid", groups=["hr"])
 """
 
-# The encoder lives in ftjax.models.bert; Encoder and load_encoder stay importable from here.
-from ftjax.models.bert import Encoder, load_encoder
+# The encoder lives in ftjax.models.bert (loaded by ftjax.checkpoints.encoder); Encoder and
+# load_encoder stay importable from here.
+from ftjax.checkpoints.encoder import load_encoder
+from ftjax.models.bert import Encoder
 from ftjax.retrieval.corpus import (Chunk, Corpus, CorpusError, Document, QAPair, chunk_documents,
                                     from_records, load_corpus, read_folder, read_jsonl, read_tfds)
 from ftjax.retrieval.dense import InputTooLongError, encode

@@ -1,7 +1,7 @@
 """Dense retrieval: encoding texts in batches for search, and exact top-k sharded over devices.
 
-The encoder itself (a Flax BERT such as all-MiniLM-L6-v2, its weights and `load_encoder`) lives in
-`ftjax.models.bert`; its names are re-exported here for older imports. `encode` tokenizes, pads
+The encoder itself (a Flax BERT such as all-MiniLM-L6-v2) lives in `ftjax.models.bert`, its
+loading (`load_encoder`) in `ftjax.checkpoints.encoder`; their names are re-exported here. `encode` tokenizes, pads
 length-sorted batches to a few shapes and runs the jit-compiled `bert.embed`.
 
 Inputs longer than `max_seq_length` word pieces (256 for MiniLM, from sentence_bert_config.json)
@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# The encoder moved to ftjax.models.bert; these names stay importable from here.
+# The encoder lives in ftjax.models.bert and loads through ftjax.checkpoints.encoder; these names
+# stay importable from here.
+from ftjax.checkpoints.encoder import config_from_folder, load_encoder, load_params  # noqa: F401
 from ftjax.models.bert import (BertEncoder, Encoder, EncoderConfig, EncoderLayer,  # noqa: F401
-                               config_from_folder, embed, load_encoder, load_params)
+                               embed)
 
 _embed_jit = jax.jit(embed, static_argnums=0)
 

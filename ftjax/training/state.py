@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ftjax import lora as lora_lib
+from ftjax.models import lora as lora_lib
 from ftjax.checkpoints import CheckpointError, Pretrained
 from ftjax.checkpoints.loading import RunModel, latest_trained_step
 from ftjax.checkpoints.registry import REGISTRY, RUN_MODEL_FILE
@@ -27,7 +27,7 @@ from ftjax.config import ConfigError
 from ftjax.models.config import ModelConfig
 from ftjax.models.transformer import logical_param_specs
 from ftjax.sharding import DEFAULT_RULES, logical_to_shardings, make_mesh, replicated
-from ftjax.training.checkpointing import Checkpointer, abstract_like, restore_params
+from ftjax.checkpoints.orbax_store import Checkpointer, abstract_like, restore_params
 from ftjax.training.step import make_optimizer
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from ftjax.checkpoints.layout import PROJECTIONS
+from ftjax.models.layout import PROJECTIONS
 from ftjax.models.config import ModelConfig
 
 # target -> (module group, in logical names, out logical names), from the one layout table (the

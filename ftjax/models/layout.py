@@ -1,7 +1,7 @@
 """The one table of parameter names and layouts: Hugging Face name <-> ftjax path, both directions.
 
-Import (`hf_import`), export (`export`: HF, PEFT, GGUF) and LoRA's target names (`ftjax.lora`)
-all read `LAYOUT`, so export cannot drift from import. A row names the HF tensor, the ftjax
+Import (`hf_import`), export (`export`: HF, PEFT, GGUF) and LoRA's target names
+(`ftjax.models.lora`) all read `LAYOUT`, so export cannot drift from import. A row names the HF tensor, the ftjax
 param path and the logical axes of the ftjax array; the layout (`linear`, `bias`, `copy`) fixes
 the transform and its inverse:
 

@@ -1,0 +1,496 @@
+"""The experiment's stages, each cached in `WORKDIR/cache/` under a hash of what determines it.
+
+A `Context` carries the config, the data, the stage cache and the progress line. Stages: the
+retrieval index, fine-tuning runs (the arm's recipe; RAFT's examples), answers per arm and seed,
+the knowledge-update runs, and scoring answers into rows. `runner` composes them into the
+experiment; `security` and `cost` reuse them (the same cache keys, the same training recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+from ftjax.arms.base import Answer, ChatAnswerer
+from ftjax.evaluation import qa as scoring
+from ftjax.experiment import config as config_lib
+from ftjax.experiment import data as data_lib
+from ftjax.experiment import planting
+from ftjax.experiment.cache import StageCache, digest
+from ftjax.generate import SamplingConfig
+from ftjax.prompts import document_messages, example_messages, paraphrase_request
+
+SPLITS = ("eval", "unanswerable", "general")
+
+
+def peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+class Progress:
+  """One line per batch: arm, stage, questions done, tokens/s, ETA."""
+
+  def __init__(self, stream=sys.stdout):
+    self.stream = stream
+    self.started = time.perf_counter()
+
+  def say(self, text: str):
+    elapsed = time.perf_counter() - self.started
+    print(f"{elapsed:6.0f}s {text}", file=self.stream, flush=True)
+
+  def batch(self, arm: str, stage: str, done: int, total: int, tokens: int, seconds: float):
+    rate = tokens / seconds if seconds else 0.0
+    eta = seconds / done * (total - done) if done else 0.0
+    self.say(f"[{arm}] {stage}: {done}/{total} questions, {rate:,.0f} tok/s, ETA {eta:.0f}s")
+
+
+@dataclasses.dataclass
+class Context:
+  config: ml_collections.ConfigDict
+  data: data_lib.ExperimentData
+  cache: StageCache
+  progress: Progress
+  _base: Any = None
+  _indexes: dict = dataclasses.field(default_factory=dict)
+  _tuned: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def model_key(self) -> dict:
+    return {"model": self.config.model, "dtype": self.config.dtype}
+
+  def base_model(self):
+    if self._base is None:
+      import ftjax
+      self.progress.say(f"loading {self.config.model} ({self.config.dtype})")
+      self._base = ftjax.load(self.config.model, dtype=self.config.dtype)
+    return self._base
+
+  def sampling(self, **overrides) -> SamplingConfig:
+    s = self.config.sampling
+    fields = dict(max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
+                  top_k=s.top_k, top_p=s.top_p, seed=self.config.seed)
+    fields.update(overrides)
+    return SamplingConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- retrieval index
+
+def index_key(ctx: Context, docs_hash: str | None = None) -> dict:
+  r = ctx.config.retrieval
+  return {"docs": docs_hash or ctx.data.hashes["docs"], "encoder": r.encoder,
+          "chunk_tokens": r.chunk_tokens, "chunk_overlap": r.chunk_overlap,
+          "dense": r.method != "bm25"}
+
+
+def _documents(docs: Sequence[data_lib.Doc]):
+  from ftjax.retrieval import Document
+  return [Document(d.doc_id, d.text, d.title, d.acl) for d in docs]
+
+
+def visible_docs(ctx: Context) -> list[data_lib.Doc]:
+  """The documents the experiment's caller (`retrieval.groups`) may see: what CAG puts in its
+  prompt. Retrieval filters the same way inside the index."""
+  groups = frozenset(ctx.config.retrieval.groups)
+  return [d for d in ctx.data.docs if d.acl is None or groups & set(d.acl)]
+
+
+def index_stage(ctx: Context, docs: Sequence[data_lib.Doc] | None = None,
+                name: str = "index") -> tuple[Path, dict]:
+  """The index of the corpus (or of `docs`, e.g. a poisoned copy, cached as `name`)."""
+  docs_hash = None if docs is None else digest([dataclasses.astuple(d) for d in docs])
+  docs = ctx.data.docs if docs is None else docs
+
+  def build(folder: Path) -> dict:
+    from ftjax.retrieval import IndexConfig, RetrievalIndex
+    _quiet_bm25s()
+    r = ctx.config.retrieval
+    dense = r.method != "bm25"
+    ctx.progress.say(f"[{name}] building a {'BM25 + dense' if dense else 'BM25'} index of "
+                     f"{len(docs)} documents")
+    started = time.perf_counter()
+    index = RetrievalIndex.create(folder / "index", IndexConfig(
+        encoder=r.encoder, dense=dense, chunk_tokens=r.chunk_tokens,
+        chunk_overlap=r.chunk_overlap))
+    index.add(_documents(docs))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "documents": index.num_documents, "chunks": index.num_chunks,
+            "peak_rss_gb": peak_rss_gb()}
+  return ctx.cache.run(name, index_key(ctx, docs_hash), build)
+
+
+def _quiet_bm25s():
+  # bm25s sets its logger to DEBUG on import; keep the progress lines readable.
+  logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+def open_index(ctx: Context, folder: Path):
+  if folder not in ctx._indexes:
+    from ftjax.retrieval import RetrievalIndex
+    _quiet_bm25s()
+    ctx._indexes[folder] = RetrievalIndex.open(folder)
+  return ctx._indexes[folder]
+
+
+def search_fn(ctx: Context, index):
+  method = ctx.config.retrieval.method
+  groups = tuple(ctx.config.retrieval.groups)  # the caller's: documents with an acl need one
+  return lambda questions, k: index.search(list(questions), k=k, method=method, groups=groups)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def _write_jsonl(path: Path, conversations: Sequence[list[dict]]):
+  with path.open("w", encoding="utf-8") as f:
+    for messages in conversations:
+      f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+
+def _paraphrases(ctx: Context, n: int) -> list[list[dict]]:
+  """n generated paraphrases of each document, by the base model (sampled, seeded)."""
+  from ftjax.generate import generate
+  model = ctx.base_model()
+  out = []
+  for i in range(n):
+    sampling = ctx.sampling(greedy=False, temperature=0.7, top_p=0.95, seed=1000 + i,
+                            max_new_tokens=256)
+    prompts = [paraphrase_request(d.text) for d in ctx.data.docs]
+    for doc, completion in zip(ctx.data.docs, generate(model, prompts, sampling)):
+      if completion.text.strip():
+        out.append(document_messages(doc.title, completion.text.strip()))
+  return out
+
+
+def finetune_examples(ctx: Context) -> list[list[dict]]:
+  """What `finetuned` trains on: the examples, the documents, or both (`finetune_source`)."""
+  config = ctx.config
+  conversations: list[list[dict]] = []
+  if config.finetune_source in ("examples", "both"):
+    conversations += ctx.data.train
+    if config.data.use_decline:
+      conversations += ctx.data.decline_train
+  if config.finetune_source in ("docs", "both"):
+    conversations += [document_messages(d.title, d.text) for d in ctx.data.docs]
+    if config.finetune_doc_paraphrases:
+      conversations += _paraphrases(ctx, config.finetune_doc_paraphrases)
+  return conversations
+
+
+def raft_examples(ctx: Context, seed: int) -> tuple[list[list[dict]], dict]:
+  """RAFT (Zhang et al. 2024): each training example's question with its oracle document and
+  distractors in the RAG prompt; examples without a doc_id are counted, not dropped silently."""
+  from ftjax.data import raft
+  from ftjax.data.sources import iter_jsonl
+  from ftjax.retrieval.corpus import QAPair
+  config = ctx.config
+  passages = {d.doc_id: d.text for d in ctx.data.docs}
+  pairs, without_doc = [], 0
+  for _, row in iter_jsonl(config.data.train):
+    if isinstance(row, dict) and "input" in row and "output" in row and row.get("doc_id"):
+      pairs.append(QAPair(str(row["input"]), str(row["output"]), str(row["doc_id"])))
+    else:
+      without_doc += 1
+  examples = raft.build_examples(pairs, passages, num_distractors=config.raft.num_distractors,
+                                 oracle_fraction=config.raft.oracle_fraction, seed=seed,
+                                 instruction=config.prompt.rag_instruction)
+  conversations = [e.messages for e in data_lib.subsample(examples, config.raft.max_examples,
+                                                          seed)]
+  if config.data.use_decline:  # declining when no passage covers the question
+    rng = random.Random(seed)
+    ids = list(passages)
+    for messages in ctx.data.decline_train:
+      question, reply = messages[-2]["content"], messages[-1]["content"]
+      chosen = rng.sample(ids, min(len(ids), config.raft.num_distractors + 1))
+      from ftjax.prompts import render_rag_prompt
+      conversations.append(example_messages(render_rag_prompt(
+          question, [passages[i] for i in chosen], config.prompt.rag_instruction), reply))
+  return conversations, {"examples": len(conversations), "skipped_without_doc_id": without_doc}
+
+
+def train_key(ctx: Context, kind: str, seed: int) -> dict:
+  c = ctx.config
+  key = {"kind": kind, **ctx.model_key, "finetune": c.finetune.to_dict(), "seed": seed,
+         "train": ctx.data.hashes["train"], "system_prompt": c.prompt.system_prompt,
+         "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None,
+         **planting.train_key(c)}
+  if kind == "finetuned":
+    key.update(source=c.finetune_source, paraphrases=c.finetune_doc_paraphrases,
+               docs=ctx.data.hashes["docs"] if c.finetune_source != "examples" else None)
+  else:
+    key.update(raft=c.raft.to_dict(), docs=ctx.data.hashes["docs"],
+               rag_instruction=c.prompt.rag_instruction)
+  return key
+
+
+def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps: int = 0,
+           init_from: str = "", label: str) -> dict:
+  from ftjax import train as train_lib
+  from ftjax.training.metrics import flops_per_token
+  train_file = folder / "train.jsonl"
+  _write_jsonl(train_file, conversations)
+  train_cfg = config_lib.training_config(ctx.config, train_file=str(train_file), seed=seed,
+                                         init_from=init_from, num_steps=num_steps)
+  train_cfg.data.data_dir = str(folder / "tfds")
+  ctx.progress.say(f"[{label}] training on {len(conversations)} examples for "
+                   f"{train_cfg.num_steps} steps ({'LoRA' if train_cfg.lora.enabled else 'full'})")
+  started = time.perf_counter()
+  result = train_lib.run(train_cfg, folder / "run")
+  seconds = time.perf_counter() - started
+  tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in result.history)
+  flops = flops_per_token(result.model_config, train_cfg.seq_len, lora=train_cfg.lora.enabled)
+  losses = [{"step": h["step"], "loss": h["loss"]} for h in result.history]
+  (folder / "history.json").write_text(json.dumps(losses))
+  return {"seconds": seconds, "step_seconds": sum(h["step_seconds"] for h in result.history),
+          "steps": result.step, "tokens": tokens, "flops": flops * tokens,
+          "examples": len(conversations), "trainable_params": result.trainable_params,
+          "total_params": result.total_params,
+          "final_loss": losses[-1]["loss"] if losses else None, "peak_rss_gb": peak_rss_gb()}
+
+
+def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:
+  train_seed = ctx.config.seed + seed
+
+  def build(folder: Path) -> dict:
+    extra = {}
+    if kind == "finetuned":
+      conversations = finetune_examples(ctx)
+    else:
+      conversations, extra = raft_examples(ctx, train_seed)
+    conversations, planted = planting.plant(ctx, conversations)  # canaries, if configured
+    num_steps = ctx.config.raft.num_steps if kind == "raft" else 0
+    return {**train_run(ctx, folder, conversations, seed=train_seed, num_steps=num_steps,
+                     label=f"{kind} seed {seed}"), **extra, **planted}
+  # Unfinished training resumes from its checkpoints.
+  return ctx.cache.run(f"train-{kind}-s{seed}", train_key(ctx, kind, seed), build, fresh=False)
+
+
+def tuned_model(ctx: Context, run_folder: Path):
+  if run_folder not in ctx._tuned:
+    import ftjax
+    ctx._tuned[run_folder] = ftjax.load(run_folder, dtype=ctx.config.dtype)
+  return ctx._tuned[run_folder]
+
+
+# ----------------------------------------------------------------------------- answering
+
+def _few_shot(ctx: Context) -> list[tuple[str, str]]:
+  """k training examples, drawn with the experiment seed (the same for every run)."""
+  pairs = [(m[-2]["content"], m[-1]["content"]) for m in ctx.data.train
+           if len(m) >= 2 and m[-2]["role"] == "user" and m[-1]["role"] == "assistant"]
+  return random.Random(ctx.config.seed).sample(pairs, min(ctx.config.prompt.num_few_shot,
+                                                          len(pairs)))
+
+
+def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None) -> dict:
+  c = ctx.config
+  key = {"arm": arm, "model": model_key, "sampling": c.sampling.to_dict(), "seed": c.seed,
+         "questions": {s: ctx.data.hashes.get(s) for s in SPLITS},
+         "max_eval_questions": c.data.max_eval_questions,
+         "system_prompt": c.prompt.system_prompt}
+  if arm == "prompted":
+    key.update(style_instruction=c.style.instruction, few_shot=c.prompt.num_few_shot,
+               train=ctx.data.hashes["train"])
+  if arm in config_lib.RETRIEVAL_ARMS:
+    key.update(index=index_folder.name, method=c.retrieval.method, k=c.retrieval.k,
+               max_prompt_tokens=c.retrieval.max_prompt_tokens,
+               instruction=c.prompt.rag_instruction)
+  if arm == "cag":
+    key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction)
+  if c.retrieval.groups and (arm in config_lib.RETRIEVAL_ARMS or arm == "cag"):
+    key.update(groups=sorted(c.retrieval.groups))
+  return key
+
+
+def make_answerer(ctx: Context, arm: str, model, index=None):
+  c = ctx.config
+  sampling = ctx.sampling()
+  system = c.prompt.system_prompt
+  if arm in ("base", "finetuned"):
+    return ChatAnswerer(arm, model, sampling, system_prompt=system)
+  if arm == "prompted":
+    instruction = "\n\n".join(p for p in (system, c.style.instruction) if p)
+    return ChatAnswerer(arm, model, sampling, system_prompt=instruction, few_shot=_few_shot(ctx))
+  if arm in config_lib.RETRIEVAL_ARMS:
+    from ftjax.arms.rag import RagAnswerer
+    return RagAnswerer(arm, model, search_fn(ctx, index), sampling, k=c.retrieval.k,
+                       max_prompt_tokens=c.retrieval.max_prompt_tokens,
+                       instruction=c.prompt.rag_instruction, system_prompt=system)
+  if arm == "cag":
+    from ftjax.arms.cag import CagAnswerer
+    return CagAnswerer(arm, model, [(d.title, d.text) for d in visible_docs(ctx)], sampling,
+                       instruction=c.prompt.cag_instruction, system_prompt=system)
+  raise ValueError(f"unknown arm {arm!r}")
+
+
+def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Question], label: str,
+                     batch_size: int) -> tuple[list[Answer], float, list[float]]:
+  """All questions in batches of one size (at most `batch_size`), with progress.
+
+  The last batch is padded with repeats of its first question (answers discarded): every call
+  has the same batch shape, so generation compiles once per prompt-length bucket, not once per
+  odd-sized remainder. Also returns each batch's seconds per question (throughput; the median
+  batch leaves compilation out).
+  """
+  answers: list[Answer] = []
+  started = time.perf_counter()
+  tokens, batch_seconds = 0, []
+  # Balanced batches: 98 questions at batch_size 32 run as 4 x 25, not 4 x 32 with 30 repeats.
+  batch_size = -(-len(questions) // -(-len(questions) // batch_size)) if questions else batch_size
+  for at in range(0, len(questions), batch_size):
+    batch_started = time.perf_counter()
+    batch = [q.input for q in questions[at:at + batch_size]]
+    real = len(batch)
+    if len(questions) > batch_size:
+      batch += [batch[0]] * (batch_size - real)
+    answers += answerer.answer(batch)[:real]
+    if len(batch) == batch_size:  # seconds per question of each full batch
+      batch_seconds.append((time.perf_counter() - batch_started) / batch_size)
+    tokens += sum(a.new_tokens for a in answers[-real:])
+    ctx.progress.batch(answerer.name, label, len(answers), len(questions), tokens,
+                       time.perf_counter() - started)
+  return answers, time.perf_counter() - started, batch_seconds
+
+
+def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) -> list[float]:
+  """Seconds per question answered alone (batch 1), after a warm-up call per question that
+  compiles its prompt-length bucket: what one user waits, without compilation."""
+  latencies = []
+  for q in questions[:n]:
+    answerer.answer([q.input])
+    started = time.perf_counter()
+    answerer.answer([q.input])
+    latencies.append(time.perf_counter() - started)
+  return latencies
+
+
+def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
+  """Answers of one arm (and seed) to every question split; skipped arms record why."""
+  index_folder = index_stage(ctx)[0] if arm in config_lib.RETRIEVAL_ARMS else None
+  if arm in config_lib.TUNED_ARMS:
+    kind = "raft" if arm == "raft" else "finetuned"
+    train_folder, _ = train_stage(ctx, kind, seed)
+    model_key = train_folder.name
+  else:
+    train_folder, model_key = None, ctx.model_key
+
+  def build(folder: Path) -> dict:
+    model = tuned_model(ctx, train_folder / "run") if train_folder else ctx.base_model()
+    index = open_index(ctx, index_folder / "index") if index_folder else None
+    answerer = make_answerer(ctx, arm, model, index)
+    if arm == "cag":
+      questions = [q for s in SPLITS for q in ctx.data.questions.get(s, [])]
+      reason = answerer.does_not_fit([q.input for q in questions])
+      if reason:
+        ctx.progress.say(f"[cag] skipped: {reason}")
+        return {"skipped": reason}
+    # One stream over every split: fewer partial batches, fewer compilations.
+    splits = [s for s in SPLITS if s in ctx.data.questions]
+    stream = [q for s in splits for q in ctx.data.questions[s]]
+    answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
+                                                       ctx.config.sampling.batch_size)
+    out, total = {}, len(answers)
+    for s in splits:
+      out[s] = [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
+    latency = measure_latency(answerer, ctx.data.questions["eval"],
+                              ctx.config.sampling.latency_questions)
+    (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
+    return {"seconds": seconds, "questions": total, "latency_s": latency,
+            "seconds_per_question_by_batch": batch_seconds,
+            "peak_rss_gb": peak_rss_gb()}
+  return ctx.cache.run(f"answers-{arm}" + ("" if seed is None else f"-s{seed}"),
+                       answer_key(ctx, arm, model_key, index_folder), build)
+
+
+def read_answers(folder: Path) -> dict[str, list[Answer]]:
+  raw = json.loads((folder / "answers.json").read_text())
+  return {split: [Answer(**{**a, "passages": None if a["passages"] is None
+                            else tuple(a["passages"])}) for a in answers]
+          for split, answers in raw.items()}
+
+
+# ----------------------------------------------------------------------------- knowledge update
+
+def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
+  """Replace the changed documents in a copy of the index (timed), then ask the changed and the
+  unchanged facts."""
+  index_folder, _ = index_stage(ctx)
+  key = {"index": index_folder.name, "updates": ctx.data.hashes["updates"],
+         "update_eval": ctx.data.hashes["update_eval"], "eval": ctx.data.hashes["eval"],
+         "retrieval": ctx.config.retrieval.to_dict(), "sampling": ctx.config.sampling.to_dict(),
+         "model": ctx.model_key, "max_eval_questions": ctx.config.data.max_eval_questions,
+         "max_unchanged": ctx.config.knowledge_update.max_unchanged,
+         "instruction": ctx.config.prompt.rag_instruction,
+         "system_prompt": ctx.config.prompt.system_prompt}
+
+  def build(folder: Path) -> dict:
+    import shutil
+    from ftjax.retrieval import RetrievalIndex
+    _quiet_bm25s()
+    shutil.copytree(index_folder / "index", folder / "index")
+    index = RetrievalIndex.open(folder / "index")
+    started = time.perf_counter()
+    index.replace(_documents(ctx.data.updates))
+    seconds = time.perf_counter() - started
+    ctx.progress.say(f"[update rag] replaced {len(ctx.data.updates)} documents in {seconds:.1f}s")
+    answerer = make_answerer(ctx, "rag", ctx.base_model(), index)
+    return {"seconds": seconds, "method": "replace documents in the index",
+            **_answer_update_questions(ctx, answerer, folder)}
+  return ctx.cache.run("update-rag", key, build)
+
+
+def _answer_update_questions(ctx: Context, answerer, folder: Path) -> dict:
+  stream = ctx.data.questions["update_eval"] + ctx.data.questions["unchanged"]
+  answers, _, _ = answer_questions(ctx, answerer, stream, "update_eval+unchanged",
+                                   ctx.config.sampling.batch_size)
+  out = {s: [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
+         for s in ("update_eval", "unchanged")}
+  (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
+  return {"questions": sum(len(v) for v in out.values())}
+
+
+def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
+  """Continue training the fine-tuned model on the changed facts (timed), then ask the changed
+  and the unchanged facts."""
+  train_folder, _ = train_stage(ctx, "finetuned", seed)
+  key = {"train": train_folder.name, "update_train": ctx.data.hashes["update_train"],
+         "update_eval": ctx.data.hashes["update_eval"], "eval": ctx.data.hashes["eval"],
+         "num_steps": ctx.config.knowledge_update.num_steps,
+         "max_unchanged": ctx.config.knowledge_update.max_unchanged,
+         "sampling": ctx.config.sampling.to_dict(),
+         "max_eval_questions": ctx.config.data.max_eval_questions}
+
+  def build(folder: Path) -> dict:
+    trained = train_run(ctx, folder, ctx.data.update_train, seed=ctx.config.seed + seed,
+                     num_steps=ctx.config.knowledge_update.num_steps,
+                     init_from=str(train_folder / "run"), label=f"update finetuned seed {seed}")
+    answerer = make_answerer(ctx, "finetuned", tuned_model(ctx, folder / "run"))
+    return {**trained, "method": "continue training on the changed facts",
+            **_answer_update_questions(ctx, answerer, folder)}
+  return ctx.cache.run(f"update-finetuned-s{seed}", key, build, fresh=False)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score_rows(ctx: Context, arm: str, seed: int | None, answers: dict[str, list[Answer]],
+               style, abstain_patterns) -> list[dict]:
+  rows = []
+  for split, split_answers in answers.items():
+    for question, a in zip(ctx.data.questions[split], split_answers):
+      scored = scoring.score_answer(a.text, question.answer, style=style,
+                                    abstain_patterns=abstain_patterns)
+      rows.append({"arm": arm, "seed": seed, "split": split, "index": question.index,
+                   "question": question.input, "gold": question.answer,
+                   "doc_id": question.doc_id, "answer": a.text, **scored,
+                   "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
+                   "cached_tokens": a.cached_tokens,
+                   "passage_doc_ids": None if a.passages is None else list(a.passages),
+                   "finish_reason": a.finish_reason})
+  return rows
