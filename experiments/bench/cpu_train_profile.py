@@ -20,10 +20,8 @@ import glob
 import gzip
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -41,15 +39,8 @@ from ftjax.planning.hardware import cpu_name  # noqa: E402
 from ftjax.training.loss import token_cross_entropy  # noqa: E402
 from ftjax.training.step import make_step_fns, masked_loss_sums  # noqa: E402
 
-
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_bench import timed as median_time  # noqa: E402  (one warm-up, then the median)
 
 
 def jax_timer(fn, repeats):
