@@ -167,3 +167,19 @@ def test_bm25_only_index_and_manifest(tmp_path):
   assert manifest["config"]["dense"] is False and len(manifest["segments"]) == 1
   with pytest.raises(RetrievalIndexError, match="not a retrieval index"):
     RetrievalIndex.open(tmp_path)
+
+
+def test_bm25_keeps_one_character_words(tmp_path):
+  # "gate 3" vs "gate 4", "vitamin C" vs "vitamin D": the one-character word is the whole answer.
+  index = RetrievalIndex.create(tmp_path / "index", IndexConfig(dense=False))
+  index.add([Document("g3", "Boarding for the evening flight is at gate 3."),
+             Document("g4", "Boarding for the morning flight is at gate 4."),
+             Document("vc", "Oranges are rich in vitamin C."),
+             Document("vd", "Sunlight helps the skin make vitamin D."),
+             Document("pb", "Plan B costs twelve dollars."),
+             Document("pc", "Plan C costs nine dollars.")])
+  for query, doc_id in (("gate 3", "g3"), ("gate 4", "g4"), ("vitamin C", "vc"),
+                        ("vitamin D", "vd"), ("plan b", "pb"), ("Plan C", "pc")):
+    (passages,) = index.search([query], k=2, method="bm25")
+    assert passages[0].doc_id == doc_id, (query, [p.doc_id for p in passages])
+    assert passages[0].score > passages[1].score, query

@@ -1,6 +1,8 @@
 """Lexical retrieval: BM25 through `bm25s`, over term ids that are kept per chunk.
 
-Texts are split into lowercase words with English stop words removed (bm25s' tokenizer). The
+Texts are split into lowercase words with English stop words removed (bm25s' tokenizer), one-
+character words kept as Lucene's standard analyzer keeps them: "gate 3", "vitamin C", "Windows 7"
+and "Plan B" differ only in that word (bm25s' default pattern drops it). The
 vocabulary only grows, so a chunk's term ids stay valid as documents are added, and an index can
 store them instead of re-tokenizing. BM25 weights depend on corpus-wide statistics (idf, mean
 length), so after any update they are recomputed from the stored term ids (`build`): a pass over
@@ -16,10 +18,15 @@ from typing import NamedTuple
 import numpy as np
 
 
+# Every run of word characters, one-character words included (bm25s' default needs two).
+WORD_PATTERN = r"(?u)\b\w+\b"
+
+
 def make_tokenizer(stopwords: str | list[str] | None = "english", stemmer=None):
   """A bm25s word tokenizer; `stemmer` is any str -> str callable (e.g. PyStemmer's)."""
   import bm25s.tokenization
-  return bm25s.tokenization.Tokenizer(lower=True, stopwords=stopwords, stemmer=stemmer)
+  return bm25s.tokenization.Tokenizer(lower=True, splitter=WORD_PATTERN, stopwords=stopwords,
+                                      stemmer=stemmer)
 
 
 def term_ids(tokenizer, texts: list[str], update_vocab: bool) -> list[np.ndarray]:
