@@ -24,7 +24,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -33,7 +33,7 @@ import numpy as np
 import tqdm
 
 from ftjax.models import lora as lora_lib
-from ftjax.checkpoints import load
+from ftjax.checkpoints import Pretrained, load
 from ftjax.config import ConfigError, validate
 from ftjax.sharding import batch_sharding, replicated, shard_batch
 from ftjax.checkpoints.orbax_store import Checkpointer
@@ -108,8 +108,15 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-  """Trains as configured; resumes automatically from the latest checkpoint in `workdir`."""
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
+        on_eval: Callable[[int, Any], bool] | None = None) -> TrainResult:
+  """Trains as configured; resumes automatically from the latest checkpoint in `workdir`.
+
+  `on_eval(step, model)`, when given, is called at every `eval_every_steps` and after the last
+  step with the model as trained so far (a `Pretrained`: the base, and the adapters for LoRA); it
+  returns True to stop training there (early stopping). The experiment uses it to measure
+  accuracy on held-out phrasings while training.
+  """
   validate(config)
   mesh, rules = make_train_mesh(config)
   workdir = Path(workdir)
@@ -124,6 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     raise ConfigError(f"config key model: {config.model} is a LoRA run; to continue training its "
                       "adapters, set init_from to it and model to its base")
   data = _make_data(config, workdir, base.tokenizer, is_main)
+  tokenizer = base.tokenizer
   checkpointer = Checkpointer(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
                               keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   train = restore_or_init(config, base, mesh, rules, checkpointer, workdir)
@@ -176,6 +184,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     eval_history.append({"step": step, **eval_metrics})
     writer.write(step, eval_metrics, echo=True)
 
+  evaluated_steps = set()
+
+  def call_on_eval(current_state, step) -> bool:
+    if on_eval is None or step in evaluated_steps:
+      return False
+    evaluated_steps.add(step)
+    if train.lora is None:
+      model = Pretrained(model_cfg, current_state["params"], tokenizer)
+    else:
+      model = Pretrained(model_cfg, frozen, tokenizer,
+                         lora_lib.Adapters(train.lora, current_state["params"]))
+    return bool(on_eval(step, model))
+
   flops = flops_per_token(model_cfg, config.seq_len, lora=train.lora is not None)
   peak = config.peak_tflops_per_device * 1e12 or peak_flops_per_device()
   preemption = _Preemption()
@@ -223,10 +244,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
             f"step {step} (last finite checkpoint: "
             f"{'none' if last is None else f'step {last}'}); lower optimizer.learning_rate or "
             "check the data")
+      stop = False
       if config.eval_every_steps and step % config.eval_every_steps == 0:
         evaluate(state, step)
+        stop = call_on_eval(state, step)
       if not consecutive_nonfinite:  # a skipped step made nothing new: keep the older ones
-        checkpointer.save(step, state, data_state)
+        checkpointer.save(step, state, data_state, force=stop)
+      if stop:
+        if is_main:
+          print(f"stopped early at step {step} (on_eval)", flush=True)
+        break
       if preemption.requested:
         checkpointer.save(step, state, data_state, force=True)
         if is_main:
@@ -234,6 +261,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
         break
     else:
       evaluate(state, step)
+      call_on_eval(state, step)
       checkpointer.save(step, state, data_state, force=True)
   finally:
     progress.close()

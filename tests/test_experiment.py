@@ -115,8 +115,33 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   for name in ("results.jsonl", "summary.json", "report.md", "experiment.json"):
     assert (workdir / name).is_file(), name
   rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
-  assert len(rows) == len(config_lib.ARMS) * (len(FACTS) + 2 + 2)
-  assert {"question", "gold", "answer", "correct", "style", "prompt_tokens"} <= set(rows[0])
+  held_out = [r for r in rows if r.get("stage") != "update" and r["split"] != "train"]
+  assert len(held_out) == len(config_lib.ARMS) * (len(FACTS) + 2 + 2)
+  # The tuned arms also answer their own training questions (train accuracy).
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert {r["arm"] for r in train_rows} == set(config_lib.TUNED_ARMS)
+  assert len(train_rows) == len(config_lib.TUNED_ARMS) * 3 * len(FACTS)
+  for arm in config_lib.TUNED_ARMS:
+    assert arms[arm]["train_accuracy"] is not None and arms[arm]["budget"]["steps"] == 2
+  assert {"question", "gold", "answer", "correct", "em", "multi_value", "style", "prompt",
+          "prompt_tokens", "finish_reason"} <= set(rows[0])
+  # Intervals beside every rate, and paired comparisons between arms.
+  assert len(arms["rag"]["accuracy_ci"]) == 2 and arms["rag"]["accuracy_n"] == len(FACTS)
+  pairs = {(c["a"], c["b"], c["metric"]) for c in summary["comparisons"]}
+  assert ("rag", "finetuned", "accuracy") in pairs or ("finetuned", "rag", "accuracy") in pairs
+  assert all(c["verdict"] in ("higher", "lower", "within noise") for c in summary["comparisons"])
+  # prompted_rag: the style instruction, few-shot turns from training and the passages.
+  prompted_rag = next(r for r in rows if r["arm"] == "prompted_rag" and r["split"] == "eval")
+  assert "Start with 'Hi!'" in prompted_rag["prompt"]
+  assert any(t.format(s) in prompted_rag["prompt"] for _, _, _, s, _ in FACTS
+             for t in ("Tell me about {}.", "What should I know about {}?", "Info on {} please"))
+  assert "[1] " in prompted_rag["prompt"] and prompted_rag["passage_texts"]
+
+  # Re-scoring the saved answers without a model reproduces the summary exactly.
+  from ftjax.evaluation.score import rescore
+  saved = (workdir / "summary.json").read_text()
+  rescore(workdir)
+  assert (workdir / "summary.json").read_text() == saved
   assert json.loads((workdir / "summary.json").read_text())["arms"].keys() == arms.keys()
   report = (workdir / "report.md").read_text()
   for aspect in ("Initial cost", "Knowledge update", "Style consistency", "Hallucination risk",
@@ -124,7 +149,7 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
     assert f"| {aspect} |" in report
   plots = sorted(p.name for p in (workdir / "plots").glob("*.png"))
   assert plots == ["accuracy_style_by_arm.png", "accuracy_vs_prompt_tokens.png",
-                   "cost_vs_questions.png", "training_loss.png"]
+                   "cost_vs_questions.png"]
   provenance = json.loads((workdir / "experiment.json").read_text())
   assert {"config", "versions", "git_commit", "machine"} <= set(provenance)
 
@@ -137,8 +162,54 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   changed = run(tiny_config(tiny_llama_folder, domain, **{"retrieval.k": 1}), workdir)
   recomputed = sorted(re.sub(r"-[0-9a-f]{12}$", "", name)
                       for name in changed["cache"]["computed"])
-  assert recomputed == sorted(["answers-finetuned_rag-s0", "answers-rag", "answers-raft-s0",
-                               "update-rag"])
+  assert recomputed == sorted(["answers-finetuned_rag-s0", "answers-prompted_rag",
+                               "answers-rag", "answers-raft-s0", "update-rag"])
+
+
+def test_train_until_learned_selects_the_best_dev_step(tiny_llama_folder, domain, tmp_path):
+  # Every 1 step the model answers the dev phrasings (one held out per fact) and its training
+  # questions; with patience 1 it stops after one evaluation without a better dev accuracy, and
+  # best_dev keeps the first step with the best one.
+  config = tiny_config(tiny_llama_folder, domain, arms=("finetuned",), **{
+      "finetune.num_steps": 6, "finetune.eval_every_steps": 1, "finetune.select": "best_dev",
+      "finetune.early_stop_patience": 1})
+  config.data.updates = ""
+  summary = run(config, tmp_path / "run")
+  budget = summary["arms"]["finetuned"]["budget"]
+  curve = budget["learning_curves"][0]
+  dev = [p["dev_accuracy"] for p in curve]
+  best = dev.index(max(dev))
+  assert budget["selected_step"] == curve[best]["step"]
+  assert budget["steps"] == curve[-1]["step"] and len(curve) - 1 - best == 1 or \
+      budget["steps"] == 6
+  assert all(p["dev_n"] == len(FACTS) and p["train_n"] == 2 * len(FACTS) for p in curve)
+  # The dev phrasings were held out of training: 2 of the 3 phrasings per fact remain.
+  assert "held out of data.train" in summary["data"]["dev"]
+  assert budget["learned"] is (budget["train_accuracy"] >= 0.9)
+  report = (tmp_path / "run" / "report.md").read_text()
+  assert "## Training budget of the tuned arms" in report
+  assert f"| finetuned | {budget['steps']} |" in report
+  assert (tmp_path / "run" / "plots" / "learning_curves.png").is_file()
+  if not budget["learned"]:
+    assert "**under-trained**" in report
+
+
+def test_local_weights_changed_in_place_rerun_the_arms(tiny_llama_folder, domain, tmp_path):
+  import shutil
+  import numpy as np
+  from safetensors.numpy import load_file, save_file
+  folder = tmp_path / "model"
+  shutil.copytree(tiny_llama_folder, folder)
+  config = tiny_config(folder, domain, arms=("base",))
+  config.data.updates = ""
+  run(config, tmp_path / "run")
+  weights = folder / "model.safetensors"
+  tensors = load_file(weights)
+  name = sorted(tensors)[0]
+  tensors[name] = tensors[name] + np.float32(0.5)
+  save_file(tensors, weights, metadata={"format": "pt"})
+  again = run(config, tmp_path / "run")
+  assert any(n.startswith("answers-base-") for n in again["cache"]["computed"])
 
 
 def test_missing_optional_file_gives_null_and_reason(tiny_llama_folder, domain, tmp_path):
@@ -157,6 +228,24 @@ def test_sweep_gives_one_row_per_value(tiny_llama_folder, domain, tmp_path):
   assert [(row["retrieval.k"], row["arm"]) for row in result["sweep"]] == [(1, "rag"),
                                                                            (2, "rag")]
   assert (tmp_path / "run" / "sweep.md").read_text().count("| rag |") == 2
+
+
+def _dev_with_eval_question(files, d):
+  d["dev"] = _write(files / "dev.jsonl", [{"input": "Quick question about the Blorp lamp?",
+                                            "answer": "41"}])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda files, d: d.__setitem__("eval", _write(files / "cand.jsonl", [
+        {"input": "Colour of the lamp?", "answer": "green",
+         "candidates": ["red", "Green"]}])), r"cand\.jsonl:1: candidates \['Green'\] include"),
+    (_dev_with_eval_question, r"dev\.jsonl:1: this question is also in data\.eval"),
+])
+def test_bad_gold_data_is_a_clear_error_at_start(tmp_path, domain, mutate, message):
+  files = dict(domain)
+  mutate(tmp_path, files)
+  with pytest.raises(ExperimentDataError, match=message):
+    run(tiny_config("no-such-model-is-loaded", files), tmp_path / "run")
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -185,6 +274,10 @@ def test_bad_data_is_a_clear_error_at_start(tmp_path, domain, mutate, message):
     ("retrieval.method", "tfidf", "retrieval.method"),
     ("finetune.lora.rank", 0, "lora.rank"),
     ("sweep", ("retrieval.kk=1,2",), "sweep"),
+    ("scoring.answer_pattern", "The answer is .+", "scoring.answer_pattern: needs exactly one"),
+    ("scoring.answer_pattern", "(a)(b)", "scoring.answer_pattern: needs exactly one"),
+    ("finetune.select", "best", "finetune.select"),
+    ("finetune.select", "best_dev", "finetune.select: best_dev needs"),
 ])
 def test_bad_config_is_a_clear_error_at_start(domain, tmp_path, key, value, message):
   with pytest.raises(ConfigError, match=message):

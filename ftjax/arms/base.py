@@ -23,6 +23,16 @@ class Answer:
   finish_reason: str
   passages: tuple[str, ...] | None = None  # doc ids in the prompt; None: the arm retrieves nothing
   cached_tokens: int = 0  # of prompt_tokens, read from a prefilled cache (CAG)
+  prompt: str = ""  # the rendered prompt (chat template applied; CAG: after its cached prefix)
+  passage_texts: tuple[str, ...] | None = None  # the passages as they were put in the prompt
+
+
+def render_chat(model, messages: list[dict]) -> str:
+  """The prompt as the model reads it: the chat template applied, the assistant turn opened."""
+  tokenizer = getattr(model, "tokenizer", None)
+  if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 class Answerer(Protocol):
@@ -44,5 +54,6 @@ class ChatAnswerer:
   def answer(self, questions: Sequence[str]) -> list[Answer]:
     prompts = [question_messages(q, system_prompt=self.system_prompt, few_shot=self.few_shot)
                for q in questions]
-    return [Answer(c.text, c.num_prompt_tokens, len(c.token_ids), c.finish_reason)
-            for c in generate(self.model, prompts, self.sampling)]
+    return [Answer(c.text, c.num_prompt_tokens, len(c.token_ids), c.finish_reason,
+                   prompt=render_chat(self.model, m))
+            for m, c in zip(prompts, generate(self.model, prompts, self.sampling))]

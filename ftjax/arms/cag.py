@@ -56,5 +56,8 @@ class CagAnswerer:
   def answer(self, questions: Sequence[str]) -> list[Answer]:
     suffixes = [self._split(q) for q in questions]
     completions = generate(self.model, suffixes, self.sampling, prefix=self.cache)
+    # The prompt after the cached corpus prefix (the prefix is the same for every question).
     return [Answer(c.text, c.num_prompt_tokens, len(c.token_ids), c.finish_reason,
-                   cached_tokens=c.num_cached_tokens) for c in completions]
+                   cached_tokens=c.num_cached_tokens,
+                   prompt=self.model.tokenizer.decode(list(ids)))
+            for ids, c in zip(suffixes, completions)]

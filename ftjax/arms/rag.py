@@ -54,6 +54,7 @@ class UsedPassage(NamedTuple):
   score: float
   num_tokens: int  # tokens of the passage kept in the prompt
   truncated: bool
+  text: str = ""  # as put in the prompt (cut where truncated)
 
 
 class RagPrompt(NamedTuple):
@@ -88,7 +89,8 @@ def build_prompt(question: str, passages: Sequence[Any], tokenizer, max_prompt_t
     full = count(texts + [p.text])
     if full <= max_prompt_tokens:
       texts.append(p.text)
-      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, len(offsets), False))
+      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, len(offsets), False,
+                              p.text))
       total = full
       continue
 
@@ -105,7 +107,7 @@ def build_prompt(question: str, passages: Sequence[Any], tokenizer, max_prompt_t
         hi = mid - 1
     if lo >= min_passage_tokens:
       texts.append(cut(lo))
-      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, lo, True))
+      used.append(UsedPassage(p.rank, p.doc_id, p.chunk_id, p.score, lo, True, cut(lo)))
       total = count(texts)
     break
   return RagPrompt(render_prompt(question, texts, instruction), tuple(used), total)
@@ -127,17 +129,20 @@ class RagAnswer:
     return out
 
 
-def model_generate_fn(model, sampling=None, system_prompt: str = "") -> Callable[[list[str]], list]:
+def model_generate_fn(model, sampling=None, system_prompt: str = "",
+                      few_shot: Sequence[tuple[str, str]] = ()) -> Callable[[list[str]], list]:
   """`prompts -> completions` through `ftjax.generate.generate` (its default sampling)."""
   return lambda prompts: generate(
-      model, [question_messages(p, system_prompt=system_prompt) for p in prompts], sampling)
+      model, [question_messages(p, system_prompt=system_prompt, few_shot=few_shot)
+              for p in prompts], sampling)
 
 
 def answer(questions: Sequence[str], search: Callable[[list[str], int], list[list[Any]]],
            generator, *, tokenizer=None, k: int = 5, max_prompt_tokens: int = 1024,
            instruction: str = DEFAULT_INSTRUCTION, sampling=None,
            min_passage_tokens: int = 16, system_prompt: str = "",
-           groups: Sequence[str] | None = None) -> list[RagAnswer]:
+           groups: Sequence[str] | None = None,
+           few_shot: Sequence[tuple[str, str]] = ()) -> list[RagAnswer]:
   """Retrieve-then-generate for a batch of questions.
 
   `search(questions, k)` returns ranked passages per question (e.g.
@@ -149,10 +154,13 @@ def answer(questions: Sequence[str], search: Callable[[list[str], int], list[lis
   `groups` are the caller's: given, they go to `search(questions, k, groups=groups)` (as
   `index.search` takes them). Either way a passage whose `acl` the caller does not share is
   dropped before the prompt is built (None: public passages only).
+
+  `few_shot` (user, assistant) turns go before the RAG turn (the `prompted_rag` arm); they are
+  outside `max_prompt_tokens`, which budgets the instruction, passages and question.
   """
   questions = list(questions)
   if hasattr(generator, "params"):  # a loaded model (ftjax.Pretrained)
-    generate_fn = model_generate_fn(generator, sampling, system_prompt)
+    generate_fn = model_generate_fn(generator, sampling, system_prompt, few_shot)
     tokenizer = tokenizer or generator.tokenizer
   else:
     generate_fn = generator
@@ -176,23 +184,28 @@ def answer(questions: Sequence[str], search: Callable[[list[str], int], list[lis
 
 
 class RagAnswerer:
-  """The `rag`, `finetuned_rag` and `raft` arms: top-k passages before the question."""
+  """The `rag`, `prompted_rag`, `finetuned_rag` and `raft` arms: top-k passages before the
+  question (`prompted_rag`: after the style instruction and few-shot turns)."""
 
   def __init__(self, name: str, model, search: Callable[[list[str], int], list[list[Any]]],
                sampling: SamplingConfig, *, k: int, max_prompt_tokens: int,
                instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = "",
-               groups: Sequence[str] | None = None):
+               groups: Sequence[str] | None = None, few_shot: Sequence[tuple[str, str]] = ()):
     self.name, self.model, self.search, self.sampling = name, model, search, sampling
     self.k, self.max_prompt_tokens = k, max_prompt_tokens
     self.instruction, self.system_prompt = instruction, system_prompt
     self.groups = groups  # the caller's; None: public documents only
+    self.few_shot = tuple(few_shot)
 
   def answer(self, questions: Sequence[str], groups: Sequence[str] | None = None) -> list:
     """`groups` (default: the answerer's) limit what is retrieved (see `answer`)."""
-    from ftjax.arms.base import Answer
+    from ftjax.arms.base import Answer, render_chat
     answers = answer(questions, self.search, self.model, k=self.k,
                      max_prompt_tokens=self.max_prompt_tokens, instruction=self.instruction,
                      sampling=self.sampling, system_prompt=self.system_prompt,
-                     groups=self.groups if groups is None else groups)
+                     groups=self.groups if groups is None else groups, few_shot=self.few_shot)
     return [Answer(a.answer, a.num_prompt_tokens, a.num_new_tokens, a.finish_reason,
-                   passages=tuple(p.doc_id for p in a.passages)) for a in answers]
+                   passages=tuple(p.doc_id for p in a.passages),
+                   prompt=render_chat(self.model, question_messages(
+                       a.prompt, system_prompt=self.system_prompt, few_shot=self.few_shot)),
+                   passage_texts=tuple(p.text for p in a.passages)) for a in answers]

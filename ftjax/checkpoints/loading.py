@@ -111,13 +111,15 @@ def _model_config(name_or_path, **config_args) -> ModelConfig:
 def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: str | None = None,
          param_dtype: str | None = None, allow_pickle: bool = False, tokenizer: bool = True,
          device_put: bool = True, adapter: str | os.PathLike | None = None,
-         **config_overrides) -> Pretrained:
+         step: int | None = None, **config_overrides) -> Pretrained:
   """Loads a pretrained decoder by registered name, local folder / .gguf file, or hub id, or
   the trained model of a training workdir.
 
   `dtype` is the compute dtype (e.g. "bfloat16"); `param_dtype` the storage dtype of params
   (default float32, or for a workdir the run's). `adapter` is a PEFT LoRA adapter folder
   (adapter_config.json + adapter_model.safetensors) for this base, returned as `adapters`.
+  `step` picks a training workdir's checkpoint (default: its latest), e.g. the one an early-
+  stopping rule selected.
   Returns params as a plain pytree of jax arrays (numpy if `device_put=False`).
   """
   if adapter is not None:
@@ -133,7 +135,9 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
   if is_workdir(name_or_path):
     return _load_run(Path(name_or_path).expanduser(), dtype=dtype, param_dtype=param_dtype,
                      allow_pickle=allow_pickle, tokenizer=tokenizer, device_put=device_put,
-                     **config_overrides)
+                     step=step, **config_overrides)
+  if step is not None:
+    raise CheckpointError(f"{name_or_path}: step= applies to a training workdir only")
   folder = resolve(name_or_path)
   cfg = from_hf_config(read_hf_config(folder), dtype=dtype or "float32",
                        param_dtype=param_dtype or "float32", **config_overrides)
@@ -144,12 +148,12 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
 
 
 def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, device_put,
-              **config_overrides) -> Pretrained:
-  """A run's base plus the trainable params of its latest finished checkpoint (on one device;
-  the optimizer state is not read)."""
+              step: int | None = None, **config_overrides) -> Pretrained:
+  """A run's base plus the trainable params of its checkpoint at `step` (default: the latest
+  finished one), on one device; the optimizer state is not read."""
   from ftjax.checkpoints.orbax_store import restore_params
   run = RunModel.read(workdir)
-  step = latest_trained_step(workdir)
+  step = latest_trained_step(workdir) if step is None else step
   dtype, param_dtype = dtype or run.dtype, param_dtype or run.param_dtype
   if run.lora is None:  # the checkpoint holds every param: the base's weights are not read
     cfg = _model_config(run.base_model, dtype=dtype, param_dtype=param_dtype, **config_overrides)

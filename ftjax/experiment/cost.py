@@ -14,45 +14,48 @@ from __future__ import annotations
 from typing import Any
 
 from ftjax.experiment import config as config_lib
-from ftjax.experiment import stages as stages_lib
 # The FLOP counts and the break-even live with the planner, which checks them against runs.
 from ftjax.planning.estimate import break_even, inference_flops
 
 __all__ = ["break_even", "compute", "inference_flops"]
 
 
-def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
-  config = ctx.config
-  price = config.cost.price_per_device_hour
-  model_cfg = None
-  if ctx._base is not None:
-    model_cfg = ctx._base.config
-  else:  # the config alone, without loading weights (a rerun from cache)
-    from ftjax.checkpoints import resolve
-    from ftjax.checkpoints.hf_import import read_hf_config
-    from ftjax.models.config import from_hf_config
-    model_cfg = from_hf_config(read_hf_config(resolve(config.model)))
+def model_config(config):
+  """The ModelConfig of `config.model` from its config file alone (no weights loaded)."""
+  from ftjax.checkpoints import resolve
+  from ftjax.checkpoints.hf_import import read_hf_config
+  from ftjax.models.config import from_hf_config
+  return from_hf_config(read_hf_config(resolve(config.model)))
 
+
+def compute(config, arms: dict, stages: dict, trained: dict[str, list[dict]],
+            index: dict | None, model_cfg=None) -> dict[str, Any]:
+  """Cost per arm from the measurements: `trained` (kind -> the training stage's result per
+  seed), `index` (the index stage's result), `stages` (answer stages' timings) and the arms'
+  summaries (prompt and new tokens, accuracy)."""
+  price = config.cost.price_per_device_hour
+  model_cfg = model_cfg or model_config(config)
   out: dict[str, Any] = {"device": config.cost.device, "price_per_device_hour": price,
                          "currency": config.cost.currency, "train": {}, "inference": {},
                          "break_even": {}}
-  for kind in ("finetuned", "raft"):
-    runs = [ctx.cache.folder(f"train-{kind}-s{s}", stages_lib.train_key(ctx, kind, s))
-            for s in range(config.num_seeds)]
-    results = [_done(folder) for folder in runs]
-    results = [r for r in results if r]
+  for kind, results in trained.items():
     if results:
       n = len(results)
+      # Training time is the steady step time x steps; loading, compilation and the dev
+      # evaluations are reported beside it, not in it.
+      seconds = sum(r.get("train_seconds", r["seconds"]) for r in results) / n
       out["train"][kind] = {
           "flops": sum(r["flops"] for r in results) / n,
-          "seconds": sum(r["seconds"] for r in results) / n,
+          "seconds": seconds,
+          "wall_seconds": sum(r["seconds"] for r in results) / n,
+          "overhead_seconds": sum(r.get("overhead_seconds", 0.0) for r in results) / n,
+          "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in results) / n,
           "step_seconds": sum(r["step_seconds"] for r in results) / n,
           "tokens": sum(r["tokens"] for r in results) / n,
           "steps": results[0]["steps"], "examples": results[0]["examples"],
           "trainable_params": results[0]["trainable_params"],
           "peak_rss_gb": max(r["peak_rss_gb"] for r in results),
-          "money": sum(r["seconds"] for r in results) / n / 3600 * price}
-  index = _done(ctx.cache.folder("index", stages_lib.index_key(ctx)))
+          "money": seconds / 3600 * price}
   if index:
     out["index"] = {"seconds": index["seconds"], "chunks": index["chunks"],
                     "documents": index["documents"], "peak_rss_gb": index["peak_rss_gb"],
@@ -68,11 +71,15 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
     prompt = metrics["prompt_tokens"] or 0.0
     new = metrics["new_tokens"] or 0.0
     cached = metrics.get("cached_tokens") or 0.0
+    accuracy = metrics.get("accuracy")
     out["inference"][arm] = {
         "prompt_tokens": prompt, "new_tokens": new,
         "flops_per_question": inference_flops(model_cfg, prompt, new, cached),
         "seconds_per_question": seconds, "money_per_question": seconds / 3600 * price,
-        "latency_p50_s": metrics["latency_s"]["p50"]}
+        # what one *correct* answer costs: an arm that is rarely right is not cheap
+        "seconds_per_correct": seconds / accuracy if accuracy else None,
+        "accuracy": accuracy, "accuracy_ci": metrics.get("accuracy_ci"),
+        "latency_p50_s": (metrics.get("latency_s") or {}).get("p50")}
 
   def upfront(arm):
     train = out["train"].get("raft" if arm == "raft" else "finetuned", {})
@@ -86,9 +93,12 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
       flops += inference_flops(model_cfg, cached, 0)
     return flops, seconds
 
-  for tuned, other in (("finetuned", "rag"), ("finetuned", "prompted"), ("finetuned", "cag"),
-                       ("finetuned_rag", "rag")):
-    if tuned in out["inference"] and other in out["inference"]:
+  # Every tuned arm against every untuned one, with both accuracies beside the break-even: a
+  # break-even only means something when the tuned arm is at least as accurate.
+  tuned_arms = [a for a in config_lib.TUNED_ARMS if a in out["inference"]]
+  untuned = [a for a in out["inference"] if a not in config_lib.TUNED_ARMS]
+  for tuned in tuned_arms:
+    for other in untuned:
       (tf, ts), (of, os_) = upfront(tuned), upfront(other)
       t, o = out["inference"][tuned], out["inference"][other]
       by_seconds = break_even(ts, t["seconds_per_question"], os_, o["seconds_per_question"])
@@ -96,13 +106,11 @@ def compute(ctx, arms: dict, stages: dict) -> dict[str, Any]:
           "questions_flops": break_even(tf, t["flops_per_question"], of, o["flops_per_question"]),
           "questions_seconds": by_seconds,
           "questions_money": by_seconds,  # one price per device-hour: money follows seconds
-          "upfront_flops": [tf, of], "upfront_seconds": [ts, os_]}
+          "upfront_flops": [tf, of], "upfront_seconds": [ts, os_],
+          "accuracy": [t["accuracy"], o["accuracy"]],
+          "accuracy_ci": [t["accuracy_ci"], o["accuracy_ci"]]}
   out["peak_rss_gb"] = max([v.get("peak_rss_gb", 0.0) for v in stages.values()] +
                            [out.get("index", {}).get("peak_rss_gb", 0.0)])
   return out
 
 
-def _done(folder) -> dict | None:
-  import json
-  done = folder / "done.json"
-  return json.loads(done.read_text())["result"] if done.is_file() else None

@@ -14,7 +14,8 @@ from pathlib import Path
 from ftjax.data.report import BadRow, DataConfigError
 from ftjax.data.sources import RowError, iter_jsonl, read_file
 
-OPTIONAL = ("unanswerable", "general", "updates", "update_train", "update_eval", "decline_train")
+OPTIONAL = ("unanswerable", "general", "updates", "update_train", "update_eval", "decline_train",
+            "dev")
 
 
 class ExperimentDataError(DataConfigError):
@@ -23,12 +24,14 @@ class ExperimentDataError(DataConfigError):
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-  split: str  # eval | unanswerable | general | update_eval | unchanged
+  split: str  # eval | unanswerable | general | update_eval | unchanged | train | dev
   index: int  # position in its split
   input: str
   answer: str | None  # None: no answer exists (unanswerable)
   doc_id: str | None
   where: str  # file:line
+  answers: tuple[str, ...] = ()  # other accepted spellings of the gold answer
+  candidates: tuple[str, ...] = ()  # other values of the same kind: naming one too is wrong
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,11 @@ class ExperimentData:
   decline_train: list[list[dict]]
   hashes: dict[str, str]  # data key -> sha256 of the file ("" when absent)
   missing: dict[str, str]  # optional data key -> why it is absent
+  # Training questions with their gold answer (rows of data.train with "input" and "answer"),
+  # one per example in `train` order, None for rows without an answer; `dev_source` says where
+  # the dev questions came from.
+  train_questions: list = dataclasses.field(default_factory=list)
+  dev_source: str = ""
 
   def corpus_after_update(self) -> list[Doc]:
     changed = {d.doc_id: d for d in self.updates}
@@ -106,14 +114,33 @@ def read_docs(path: str, key: str = "docs") -> list[Doc]:
   return docs
 
 
+def _strings(record: dict, field: str, where: str, key: str) -> tuple[str, ...]:
+  value = record.get(field, [])
+  if not isinstance(value, list) or not all(
+      isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip()
+      for v in value):
+    raise ExperimentDataError(f"data.{key}: {where}: field {field!r} must be a list of "
+                              "non-empty strings")
+  return tuple(str(v) for v in value)
+
+
 def read_questions(path: str, key: str, split: str, *, with_answer: bool,
                    limit: int = 0) -> list[Question]:
+  from ftjax.evaluation.qa import normalize_answer
   questions = []
   for where, record in _rows(path, key):
     answer = _text(record, "answer", where, key) if with_answer else None
     doc_id = record.get("doc_id")
+    answers = _strings(record, "answers", where, key) if with_answer else ()
+    candidates = _strings(record, "candidates", where, key) if with_answer else ()
+    accepted = {normalize_answer(a) for a in (answer, *answers)} if with_answer else set()
+    clash = [c for c in candidates if normalize_answer(c) in accepted]
+    if clash:
+      raise ExperimentDataError(f"data.{key}: {where}: candidates {clash} include the gold "
+                                "answer; candidates are the *other* values of the same kind")
     questions.append(Question(split, len(questions), _text(record, "input", where, key), answer,
-                              None if doc_id is None else str(doc_id), where))
+                              None if doc_id is None else str(doc_id), where, answers,
+                              candidates))
   if not questions:
     raise ExperimentDataError(f"data.{key}: {path}: no questions")
   return subsample(questions, limit)
@@ -130,6 +157,45 @@ def subsample(items: list, limit: int, seed: int = 0) -> list:
           for n, i in enumerate(keep)]
 
 
+def _question_key(text: str) -> str:
+  return " ".join(text.lower().split())
+
+
+def read_train_questions(path: str) -> list[Question | None]:
+  """Per row of a JSONL training file: its question with the gold `answer` (None without one)."""
+  out = []
+  if not path.endswith((".jsonl", ".json")):
+    return out
+  for where, record in _rows(path, "train"):
+    answer, question = record.get("answer"), record.get("input")
+    if isinstance(answer, (str, int, float)) and isinstance(question, str) and \
+        str(answer).strip() and question.strip():
+      doc_id = record.get("doc_id")
+      out.append(Question("train", 0, question, str(answer),
+                          None if doc_id is None else str(doc_id), where))
+    else:
+      out.append(None)
+  return out
+
+
+def hold_out_dev(train: list[list[dict]], questions: list[Question | None], seed: int
+                 ) -> tuple[list[list[dict]], list[Question | None], list[Question]]:
+  """One phrasing of each training fact (a `doc_id` + `answer` with two or more phrasings) set
+  aside as a dev question, seeded: (the remaining examples, their questions, the dev questions).
+  A fact with a single phrasing stays in training (holding it out would make it unlearnable)."""
+  import random
+  facts: dict[tuple, list[int]] = {}
+  for i, q in enumerate(questions):
+    if q is not None:
+      facts.setdefault((q.doc_id, _question_key(q.answer)), []).append(i)
+  rng = random.Random(seed)
+  held = sorted(rng.choice(rows) for rows in facts.values() if len(rows) >= 2)
+  held_set = set(held)
+  dev = [dataclasses.replace(questions[i], split="dev", index=n) for n, i in enumerate(held)]
+  keep = [i for i in range(len(train)) if i not in held_set]
+  return [train[i] for i in keep], [questions[i] for i in keep], dev
+
+
 def read_examples(path: str, key: str) -> list[list[dict]]:
   """Training examples, as `ftjax.train` reads them; any bad row is an error here."""
   try:
@@ -144,8 +210,15 @@ def read_examples(path: str, key: str) -> list[list[dict]]:
   return [e["messages"] for e in parsed.examples]
 
 
-def load(data_cfg, max_unchanged: int = 0) -> ExperimentData:
-  """Reads and checks every configured file (see the module docstring)."""
+def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int = 0,
+         train_questions: int = 0) -> ExperimentData:
+  """Reads and checks every configured file (see the module docstring).
+
+  `need_dev`: the tuned arms measure held-out accuracy while training; without `data.dev`, one
+  phrasing per training fact is held out of the training examples (`hold_out_dev`).
+  `train_questions`: how many training questions (a fixed random sample; 0: all) the tuned arms
+  answer for their train accuracy.
+  """
   hashes, missing = {}, {}
   paths = {}
   for key in ("docs", "train", "eval", *OPTIONAL):
@@ -196,6 +269,38 @@ def load(data_cfg, max_unchanged: int = 0) -> ExperimentData:
       if "update_train" in paths else []
   decline = read_examples(paths["decline_train"], "decline_train") \
       if "decline_train" in paths else []
-  return ExperimentData(docs=docs, train=read_examples(paths["train"], "train"),
-                        questions=questions, updates=updates, update_train=update_train,
-                        decline_train=decline, hashes=hashes, missing=missing)
+  train = read_examples(paths["train"], "train")
+  per_row = read_train_questions(paths["train"])
+  if per_row and len(per_row) != len(train):  # both read every non-blank row, in order
+    raise ExperimentDataError(f"data.train: {paths['train']}: {len(per_row)} rows but "
+                              f"{len(train)} examples")
+  dev_source = ""
+  if "dev" in paths:
+    questions["dev"] = read_questions(paths["dev"], "dev", "dev", with_answer=True)
+    dev_source = f"data.dev ({len(questions['dev'])} questions)"
+    asked = {_question_key(q.input): q.where for q in read_questions(
+        paths["eval"], "eval", "eval", with_answer=True)}
+    for q in questions["dev"]:
+      if _question_key(q.input) in asked:
+        raise ExperimentDataError(f"data.dev: {q.where}: this question is also in data.eval "
+                                  f"({asked[_question_key(q.input)]}); dev questions must be "
+                                  "held-out phrasings of training facts, never eval questions")
+    missing.pop("dev", None)
+  elif need_dev and per_row:
+    train, per_row, dev = hold_out_dev(train, per_row, seed)
+    if dev:
+      questions["dev"] = dev
+      dev_source = (f"held out of data.train: one phrasing of each of {len(dev)} facts "
+                    "with two or more")
+  if "dev" in questions or not need_dev:
+    missing.pop("dev", None)
+  else:
+    missing["dev"] = ("no data.dev, and no training fact has two phrasings with an `answer` "
+                      "to hold one out")
+  train_qs = [q for q in per_row if q is not None]
+  if train_qs:
+    questions["train"] = subsample([dataclasses.replace(q, index=i)
+                                    for i, q in enumerate(train_qs)], train_questions)
+  return ExperimentData(docs=docs, train=train, questions=questions, updates=updates,
+                        update_train=update_train, decline_train=decline, hashes=hashes,
+                        missing=missing, train_questions=per_row, dev_source=dev_source)

@@ -46,23 +46,79 @@ def _with_std(metrics, key, fmt=_pct):
   return fmt(value)
 
 
+def _ci(metrics, key, fmt=_pct):
+  """"27.1% [16.6-41.2]": the value (mean over seeds) with its 95% interval."""
+  value = metrics.get(key)
+  if value is None:
+    return "n/a"
+  text = _with_std(metrics, key, fmt)
+  ci = metrics.get(f"{key}_ci")
+  if ci and ci[0] is not None:
+    text += f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
+  return text
+
+
+ARM_COLUMNS = (("accuracy", "accuracy"), ("em", "EM"), ("f1", "F1"), ("style_rate", "style"),
+               ("refusal_rate", "declined (answerable)"), ("wrong_rate", "wrong"),
+               ("selective_accuracy", "accuracy when answering"),
+               ("abstain_rate", "declined (unanswerable)"),
+               ("hallucination_rate", "hallucinated (unanswerable)"),
+               ("multi_value_rate", "listed other values"), ("truncation_rate", "truncated"),
+               ("general_accuracy", "general accuracy"), ("train_accuracy", "train accuracy"),
+               ("citation_accuracy", "citation"), ("attribution_rate", "attribution"))
+
+
 def arms_table(summary: dict) -> list[str]:
-  lines = ["| arm | accuracy | F1 | style | abstain (unanswerable) | hallucination | general "
-           "accuracy | prompt tokens | new tokens | latency p50 / p95 (s) | citation accuracy | "
-           "questions | seeds |", "|" + "---|" * 13]
+  """One row per arm: every rate with its 95% interval (Wilson over questions), n and seeds."""
+  header = [label for _, label in ARM_COLUMNS] + ["prompt tokens", "new tokens",
+                                                  "latency p50 / p95 (s)", "questions", "seeds"]
+  lines = ["| arm | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
   for arm, m in summary["arms"].items():
     lat = m.get("latency_s") or {}
-    lines.append(
-        f"| {arm} | {_with_std(m, 'accuracy')} | {_with_std(m, 'f1')} | "
-        f"{_with_std(m, 'style_rate')} | {_with_std(m, 'abstain_rate')} | "
-        f"{_with_std(m, 'hallucination_rate')} | {_with_std(m, 'general_accuracy')} | "
-        f"{_num(m.get('prompt_tokens'))} | {_num(m.get('new_tokens'))} | "
-        f"{_num(lat.get('p50'), '{:.2f}')} / {_num(lat.get('p95'), '{:.2f}')} | "
-        f"{_with_std(m, 'citation_accuracy')} | {m.get('n_questions')} | {m.get('seeds')} |")
+    cells = [_ci(m, key) for key, _ in ARM_COLUMNS]
+    cells += [_num(m.get("prompt_tokens")), _num(m.get("new_tokens")),
+              f"{_num(lat.get('p50'), '{:.2f}')} / {_num(lat.get('p95'), '{:.2f}')} "
+              f"(n={lat.get('n', 'n/a')})", str(m.get("n_questions")), str(m.get("seeds"))]
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   for arm, reason in summary.get("skipped", {}).items():
     if not arm.startswith(("data.", "update_")):
-      lines.append(f"| {arm} | skipped: {reason} |" + " |" * 11)
+      lines.append(f"| {arm} | skipped: {reason} |" + " |" * len(header))
   return lines
+
+
+def budget_text(b: dict | None) -> str:
+  """The budget behind a tuned arm's figures."""
+  if not b:
+    return "budget unknown"
+  epochs = f", {b['epochs']:.1f} epochs" if b.get("epochs") is not None else ""
+  sel = (f", selected step {b['selected_step']} ({b['select_reason']})"
+         if b.get("selected_step") not in (None, b.get("steps")) else "")
+  return (f"{b.get('steps')} steps{epochs}{sel}; train accuracy "
+          f"{_pct(b.get('train_accuracy'))}")
+
+
+def under_trained(b: dict | None) -> bool:
+  return bool(b) and b.get("learned") is False
+
+
+def paired_note(summary: dict, a: str, b: str, metric: str, text_higher: str, text_lower: str,
+                agrees_if_higher: bool | None) -> str:
+  """The verdict of `a` vs `b` on `metric`: a direction only when the paired 95% interval of
+  the difference excludes zero, else "within noise"."""
+  from ftjax.experiment.summary import find
+  c = find(summary.get("comparisons", []), a, b, metric)
+  if c is None or c["diff"] is None:
+    return "not measured (an arm is off or data is missing)"
+  delta = (f"Δ {100 * c['diff']:+.1f} pts [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], "
+           f"n={c['n']}" + (f", McNemar p={c['p']:.3g}" if c.get("p") is not None else ""))
+  if c["verdict"] == "within noise":
+    return f"within noise ({delta})"
+  higher = c["verdict"] == "higher"
+  text = text_higher if higher else text_lower
+  if agrees_if_higher is None:
+    return f"{text} ({delta})"
+  agrees = higher == agrees_if_higher
+  return (text if agrees else "**disagrees with the article**: " + text) + f" ({delta})"
 
 
 def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
@@ -79,14 +135,6 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     if agrees is None:
       return "not measured (an arm is off or data is missing)"
     return text_agree if agrees else "**disagrees with the article**: " + text_disagree
-
-  def compare(ft_value, rag_value, ft_better: bool, text_agree, text_disagree, extra=""):
-    """The article's direction holds (ft_better: fine-tuning should be ahead), fails, or ties."""
-    if ft_value is None or rag_value is None:
-      return note(None, "", "")
-    if ft_value == rag_value:
-      return f"no difference measured ({_pct(ft_value)} both){extra}"
-    return note((ft_value > rag_value) == ft_better, text_agree + extra, text_disagree + extra)
 
   if train and index:
     rows.append(("Initial cost",
@@ -125,31 +173,49 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     rows.append(("Knowledge update", "n/a", "n/a", f"not measured: {reason}"))
 
   def pair(key, label, fmt=_pct):
-    return (f"{label} {_with_std(ft, key, fmt)}" if ft else "n/a",
-            f"{label} {_with_std(rag, key, fmt)}" if rag else "n/a")
+    return (f"{label} {_ci(ft, key, fmt)}" if ft else "n/a",
+            f"{label} {_ci(rag, key, fmt)}" if rag else "n/a")
+
+  ft_budget = (ft or {}).get("budget")
+  budget = f"; fine-tuned budget: {budget_text(ft_budget)}" if ft else ""
+
+  def tuned_note(text: str) -> str:
+    if under_trained(ft_budget):
+      return (f"**under-trained** (train accuracy {_pct(ft_budget['train_accuracy'])} < "
+              f"{_pct(ft_budget['learned_threshold'])}): no verdict; {text}")
+    return text
 
   a, b = pair("accuracy", "accuracy")
-  extra = "; ".join(f"{arm} {_pct(arms[arm]['accuracy'])}" for arm in
-                    ("finetuned_rag", "raft", "cag", "base") if arm in arms)
-  rows.append(("Quality in specialization", a, b,
-               compare(ft and ft["accuracy"], rag and rag["accuracy"], True,
-                       "fine-tuned more accurate than RAG",
-                       "RAG was more accurate on held-out domain questions", f" ({extra})")))
-  a, b = pair("general_accuracy", "general-knowledge accuracy")
-  base_general = arms.get("base", {}).get("general_accuracy")
-  rows.append(("Flexibility", a, b,
-               compare(ft and ft["general_accuracy"], rag and rag["general_accuracy"], False,
-                       "the tuned model kept less general ability than RAG",
-                       "the tuned model kept more general ability than RAG",
-                       f" (base {_pct(base_general)})")))
+  extra = "; ".join(f"{arm} {_ci(arms[arm], 'accuracy')}" for arm in
+                    ("prompted_rag", "finetuned_rag", "raft", "cag", "base") if arm in arms)
+  rows.append(("Quality in specialization", a, b, tuned_note(
+      paired_note(summary, "finetuned", "rag", "accuracy",
+                  "fine-tuned more accurate than RAG",
+                  "RAG more accurate on held-out domain questions", True)
+      + f"{budget}; others: {extra}")))
+  base = arms.get("base")
+  a = f"general-knowledge accuracy {_ci(ft, 'general_accuracy')}" if ft else "n/a"
+  b = (f"RAG keeps the base model: {_ci(base, 'general_accuracy')} without passages; "
+       f"{_ci(rag, 'general_accuracy')} with irrelevant passages (distraction)"
+       if rag and base else "n/a")
+  rows.append(("Flexibility", a, b, tuned_note(
+      "forgetting, fine-tuned vs base on the same prompts: " + paired_note(
+          summary, "finetuned", "base", "general_accuracy",
+          "the tuned model answers more general questions than the base",
+          "the tuned model forgot general knowledge", False) + budget)))
   a, b = pair("style_rate", "house style")
-  prompted = arms.get("prompted")
-  ptxt = (f"; prompted reaches {_pct(prompted['style_rate'])} with "
-          f"{_num(prompted['prompt_tokens'])} prompt tokens" if prompted else "")
+  others = "; ".join(f"{arm} {_ci(arms[arm], 'style_rate')} with "
+                     f"{_num(arms[arm]['prompt_tokens'])} prompt tokens"
+                     for arm in ("prompted", "prompted_rag") if arm in arms)
+  style_note = paired_note(summary, "finetuned", "rag", "style_rate",
+                           "fine-tuning held the style more consistently than plain RAG",
+                           "plain RAG held the style better", True)
+  if "prompted_rag" in arms:
+    style_note += "; at equal prompt effort, fine-tuned vs prompted RAG: " + paired_note(
+        summary, "finetuned", "prompted_rag", "style_rate", "fine-tuning ahead",
+        "prompted RAG ahead", None)
   rows.append(("Style consistency", a, b,
-               compare(ft and ft["style_rate"], rag and rag["style_rate"], True,
-                       "fine-tuning held the style more consistently",
-                       "RAG held the style better", ptxt)))
+               tuned_note(style_note + (f"; {others}" if others else "") + budget)))
   if "finetuned" in inf and "rag" in inf:
     f_, r_ = inf["finetuned"], inf["rag"]
     rows.append(("Scalability",
@@ -163,14 +229,18 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   else:
     rows.append(("Scalability", "n/a", "n/a", note(None, "", "")))
   rows.append(("Transparency", "no sources: answers cannot be traced to a document",
-               f"citation accuracy {_with_std(rag, 'citation_accuracy')}" if rag else "n/a",
-               "share of correct RAG answers whose gold document was among the passages used"))
-  a, b = pair("hallucination_rate", "hallucination")
-  abst = (f"; abstains on unanswerable: fine-tuned {_pct(ft and ft.get('abstain_rate'))}, "
-          f"RAG {_pct(rag and rag.get('abstain_rate'))}")
-  rows.append(("Hallucination risk", a, b,
-               compare(ft and ft["hallucination_rate"], rag and rag["hallucination_rate"], True,
-                       "RAG hallucinated less", "fine-tuning hallucinated less", abst)))
+               (f"attribution {_ci(rag, 'attribution_rate')}; gold document retrieved "
+                f"{_ci(rag, 'citation_accuracy')}") if rag else "n/a",
+               "attribution: correct RAG answers whose answer value appears in a passage the arm "
+               "was given; gold document retrieved is near 100% by construction for invented "
+               "facts"))
+  a, b = pair("hallucination_rate", "hallucinated on unanswerable")
+  abst = (f"; declined answerable questions: fine-tuned {_ci(ft or {}, 'refusal_rate')}, "
+          f"RAG {_ci(rag or {}, 'refusal_rate')}")
+  rows.append(("Hallucination risk", a, b, tuned_note(
+      paired_note(summary, "finetuned", "rag", "hallucination_rate",
+                  "fine-tuning hallucinated more on unanswerable questions",
+                  "fine-tuning hallucinated less", True) + abst + budget)))
   rows.append(security_row(summary.get("security") or {}))
   return rows
 
@@ -189,8 +259,19 @@ def security_row(security: dict) -> tuple[str, str, str, str]:
   rag = leakage.get("rag")
   ft_cells, rag_cells, notes = [], [], []
   if tuned:
+    chance = chance_exposure(leakage.get("candidates"), leakage.get("canaries"))
+    chance_text = ""
+    if chance:
+      mean, sd = chance
+      within = abs(tuned["exposure"] - mean) <= 2 * sd if tuned.get("exposure") is not None \
+          else None
+      chance_text = (f"; chance level {mean:.1f} ± {sd:.1f} bits for "
+                     f"{leakage.get('canaries')} canaries among {leakage.get('candidates')} "
+                     "candidates" + ("; **within chance**: no evidence of memorisation"
+                                     if within else ""))
     ft_cells.append(f"canary exposure {_bits(tuned['exposure'])} (base "
-                    f"{_bits(base and base['exposure'])}), extracted {_pct(tuned['extraction_rate'])}")
+                    f"{_bits(base and base['exposure'])}), extracted "
+                    f"{_pct(tuned['extraction_rate'])}{chance_text}")
   if rag:
     rag_cells.append(f"canary document retrieved {_pct(rag['retrievable_rate'])}, secret quoted "
                      f"{_pct(rag['quote_rate'])}")
@@ -206,12 +287,36 @@ def security_row(security: dict) -> tuple[str, str, str, str]:
                    f"{_pct(top['success'])} (clean {_pct(rows[0]['success'])})")
   ft_top = ((poisoning.get("finetuned") or {}).get("rows") or [None])[-1]
   rag_top = ((poisoning.get("rag") or {}).get("rows") or [None])[-1]
+  ft_clean = ((poisoning.get("finetuned") or {}).get("rows") or [None])[0]
+  rag_clean = ((poisoning.get("rag") or {}).get("rows") or [None])[0]
   if ft_top and rag_top and ft_top["success"] is not None and rag_top["success"] is not None:
-    notes.append("poisoning took hold more in " + (
-        "RAG" if rag_top["success"] > ft_top["success"] else "fine-tuning"
-        if ft_top["success"] > rag_top["success"] else "neither (a tie)"))
+    # Poisoning can only replace a fact an arm knew: compare only where both clean arms answered
+    # most targeted facts.
+    unlearned = [(arm, c) for arm, c in (("fine-tuned", ft_clean), ("RAG", rag_clean))
+                 if c and (c.get("target_accuracy") or 0) < 0.5]
+    if unlearned:
+      notes.append("poisoning not compared: the clean " + ", ".join(
+          f"{arm} arm answered only {_pct(c.get('target_accuracy'))}" for arm, c in unlearned)
+                   + " of the targeted facts, so there was little to poison")
+    else:
+      notes.append("poisoning took hold more in " + (
+          "RAG" if rag_top["success"] > ft_top["success"] else "fine-tuning"
+          if ft_top["success"] > rag_top["success"] else "neither (a tie)")
+          + " (single runs, no interval)")
   return ("Security and risk", "; ".join(ft_cells) or "n/a", "; ".join(rag_cells) or "n/a",
           "; ".join(notes) or "see the Security section")
+
+
+def chance_exposure(candidates: int | None, canaries: int | None) -> tuple[float, float] | None:
+  """Mean and spread of the exposure an untrained model gets by chance: a secret's rank uniform
+  among candidates + 1, exposure log2((C + 1) / rank), averaged over the canaries."""
+  if not candidates or not canaries:
+    return None
+  n = candidates + 1
+  values = [math.log2(n / r) for r in range(1, n + 1)]
+  mean = sum(values) / n
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+  return mean, sd / math.sqrt(canaries)
 
 
 def security_lines(security: dict | None) -> list[str]:
@@ -277,16 +382,24 @@ def security_lines(security: dict | None) -> list[str]:
   return lines
 
 
-def write(workdir: Path, config, summary: dict, histories: dict):
+def write(workdir: Path, config, summary: dict):
+  from ftjax.experiment.summary import title
   workdir = Path(workdir)
-  plots = _plots(workdir, summary, histories)
+  plots = _plots(workdir, summary)
   cost = summary["cost"]
-  lines = [f"# {config.name}: fine-tuning vs retrieval on {config.model}", "",
+  notes = summary.get("data") or {}
+  lines = [f"# {title(config)}: fine-tuning vs retrieval on {config.model}", "",
            "Every arm answered the same held-out questions (greedy unless configured). "
-           "Accuracy: the normalised gold answer appears in the answer; style: the house-style "
-           f"regex `{config.style.pattern or '(none)'}` matches; hallucination: wrong answers "
-           "that do not decline plus answers to unanswerable questions that do not decline.",
-           "", "## Arms", "", *arms_table(summary), "",
+           "Accuracy: a normalised accepted gold answer appears in the answer and no other "
+           "candidate value does (listing every value is wrong); EM / F1: the extracted short "
+           "answer (`scoring.answer_pattern`, or the answer without the style's fixed text) "
+           "against the gold; style: the house-style regex "
+           f"`{config.style.pattern or '(none)'}` matches; declined: a decline phrasing; "
+           "hallucinated: an unanswerable question answered without declining. Brackets: 95% "
+           "intervals (Wilson over questions). A difference between arms is reported only when "
+           "its paired 95% bootstrap interval excludes zero; otherwise it is \"within noise\".",
+           *(["", *(f"- {n}" for n in notes.values())] if notes else []),
+           "", "## Arms", "", *arms_table(summary), "", *budget_lines(summary), "",
            "## The article's comparison, measured", "",
            "| aspect | fine-tuning (article) | RAG (article) | fine-tuning (measured) | "
            "RAG (measured) | note |", "|---|---|---|---|---|---|"]
@@ -316,8 +429,14 @@ def write(workdir: Path, config, summary: dict, histories: dict):
                  f"{c['seconds_per_question']:.3f} |")
   for kind, t in cost.get("train", {}).items():
     lines.append(f"\nTraining `{kind}`: {t['steps']} steps, {t['tokens']:,.0f} tokens, "
-                 f"{_sci(t['flops'])} FLOPs, {t['seconds']:.0f} s wall "
-                 f"({t['step_seconds']:.0f} s in steps).")
+                 f"{_sci(t['flops'])} FLOPs, {t['seconds']:.0f} s (steady step time x steps; "
+                 f"wall {t.get('wall_seconds', t['seconds']):.0f} s, of which loading and "
+                 f"compilation {t.get('overhead_seconds', 0):.0f} s and dev evaluations "
+                 f"{t.get('eval_seconds', 0):.0f} s).")
+  per_correct = [f"{arm} {c['seconds_per_correct']:.2f} s" for arm, c in cost["inference"].items()
+                 if c.get("seconds_per_correct")]
+  if per_correct:
+    lines.append("\nSeconds per correct answer: " + ", ".join(per_correct) + ".")
   if "index" in cost:
     lines.append(f"\nIndexing: {cost['index']['documents']} documents, "
                  f"{cost['index']['chunks']} chunks in {cost['index']['seconds']:.1f} s.")
@@ -325,9 +444,17 @@ def write(workdir: Path, config, summary: dict, histories: dict):
     return "never (no saving per question)" if n is None else f"{n:,.0f} questions"
 
   for name, b in cost.get("break_even", {}).items():
+    acc = b.get("accuracy") or [None, None]
+    ci = b.get("accuracy_ci") or [None, None]
+    tuned, other = name.split("_vs_")
+    worse = acc[0] is not None and acc[1] is not None and acc[0] < acc[1]
     lines.append(f"\nBreak-even `{name}`: {questions(b['questions_flops'])} in FLOPs, "
                  f"{questions(b['questions_seconds'])} in seconds on this machine (and in money: "
-                 "one price per device-hour).")
+                 f"one price per device-hour); accuracy {tuned} "
+                 f"{_ci({'accuracy': acc[0], 'accuracy_ci': ci[0]}, 'accuracy')} vs {other} "
+                 f"{_ci({'accuracy': acc[1], 'accuracy_ci': ci[1]}, 'accuracy')}"
+                 + (" — the tuned arm is less accurate, so this pays for worse answers"
+                    if worse else "") + ".")
   if summary.get("skipped"):
     lines += ["", "## Skipped", ""] + [f"- `{k}`: {v}" for k, v in summary["skipped"].items()]
   lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(workdir).as_posix()})"
@@ -337,7 +464,24 @@ def write(workdir: Path, config, summary: dict, histories: dict):
   (workdir / "report.md").write_text("\n".join(lines))
 
 
-def _plots(workdir: Path, summary: dict, histories: dict) -> list[Path]:
+def budget_lines(summary: dict) -> list[str]:
+  """The tuned arms' training budgets: what their figures rest on."""
+  tuned = {arm: m["budget"] for arm, m in summary["arms"].items() if m.get("budget")}
+  if not tuned:
+    return []
+  lines = ["## Training budget of the tuned arms", "",
+           "| arm | steps | epochs | selected step | train accuracy | learned? | examples |",
+           "|---|---|---|---|---|---|---|"]
+  for arm, b in tuned.items():
+    learned = {True: "yes", False: f"**no: under-trained** (< {_pct(b['learned_threshold'])})",
+               None: "not measured (no training questions with an answer)"}[b.get("learned")]
+    lines.append(f"| {arm} | {b.get('steps')} | {_num(b.get('epochs'))} | "
+                 f"{b.get('selected_step')} ({b.get('select_reason')}) | "
+                 f"{_ci(b, 'train_accuracy')} | {learned} | {b.get('examples')} |")
+  return lines
+
+
+def _plots(workdir: Path, summary: dict) -> list[Path]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -406,16 +550,24 @@ def _plots(workdir: Path, summary: dict, histories: dict) -> list[Path]:
     ax.legend()
     paths.append(_save(fig, folder / "poisoning_success.png"))
 
-  if histories:
+  curves = {arm: m["budget"]["learning_curves"] for arm, m in arms.items()
+            if (m.get("budget") or {}).get("learning_curves")}
+  if any(c for runs in curves.values() for c in runs):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, history in histories.items():
-      ax.plot([h["step"] for h in history], [h["loss"] for h in history], label=label)
+    for arm, runs in curves.items():
+      for seed, curve in enumerate(runs):
+        if not curve:
+          continue
+        steps = [p["step"] for p in curve]
+        for key, style in (("train_accuracy", "-"), ("dev_accuracy", "--")):
+          ax.plot(steps, [p[key] if p[key] is not None else float("nan") for p in curve],
+                  style, marker="o", label=f"{arm} s{seed} {key.split('_')[0]}")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.set_title("Training loss")
-    ax.legend()
-    paths.append(_save(fig, folder / "training_loss.png"))
+    ax.set_ylabel("accuracy (generation)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Train and dev accuracy while training")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, folder / "learning_curves.png"))
   return paths
 
 
@@ -433,13 +585,16 @@ def write_sweep(workdir: Path, config, points: list[dict], table: list[dict]):
                                                  default=str))
   keys = list(points[0]) if points else []
   lines = [f"# {config.name}: sweep over {', '.join(keys)}", "",
-           "| " + " | ".join(keys) + " | arm | accuracy | F1 | style | hallucination | "
-           "general | prompt tokens |", "|" + "---|" * (len(keys) + 7)]
+           "| " + " | ".join(keys) + " | arm | accuracy [95% CI] | EM | F1 | style | "
+           "hallucination (unanswerable) | general | prompt tokens | questions | seeds |",
+           "|" + "---|" * (len(keys) + 10)]
   for row in table:
     lines.append("| " + " | ".join(str(row[k]) for k in keys) +
-                 f" | {row['arm']} | {_pct(row['accuracy'])} | {_pct(row['f1'])} | "
-                 f"{_pct(row['style_rate'])} | {_pct(row['hallucination_rate'])} | "
-                 f"{_pct(row['general_accuracy'])} | {_num(row['prompt_tokens'])} |")
+                 f" | {row['arm']} | {_ci(row, 'accuracy')} | {_ci(row, 'em')} | "
+                 f"{_ci(row, 'f1')} | {_ci(row, 'style_rate')} | "
+                 f"{_ci(row, 'hallucination_rate')} | {_ci(row, 'general_accuracy')} | "
+                 f"{_num(row['prompt_tokens'])} | {row.get('n_questions')} | "
+                 f"{row.get('seeds')} |")
   (workdir / "sweep.md").write_text("\n".join(lines) + "\n")
 
 

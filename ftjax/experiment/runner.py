@@ -9,7 +9,6 @@ Every stage is cached in `WORKDIR/cache/` under a hash of what determines it (se
 """
 
 from __future__ import annotations
-from __future__ import annotations
 
 import json
 import platform
@@ -19,32 +18,15 @@ from pathlib import Path
 
 import ml_collections
 
-from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
-from ftjax.experiment import cost as cost_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import report as report_lib
 from ftjax.experiment import security as security_lib
 from ftjax.experiment.cache import StageCache, digest
-from ftjax.experiment.stages import (Context, Progress, answers_stage, read_answers, score_rows,
-                                     train_key, update_finetuned_stage, update_rag_stage)
-
-SUMMARY_METRICS = ("accuracy", "f1", "style_rate", "abstain_rate", "hallucination_rate",
-                   "general_accuracy", "prompt_tokens", "new_tokens", "citation_accuracy")
-
-
-def summarize_seeds(rows: list[dict], seeds: list) -> dict:
-  """Per-metric mean over seeds (the value), with std and n alongside."""
-  per_seed = [scoring.summarize([r for r in rows if r["seed"] == s]) for s in seeds]
-  out, std = {}, {}
-  for metric in SUMMARY_METRICS:
-    stats = scoring.mean_std([p[metric] for p in per_seed])
-    out[metric], std[metric] = stats["mean"], stats["std"]
-  out["n_questions"] = per_seed[0]["n_questions"] if per_seed else 0
-  out["seeds"] = len(seeds)
-  out["std"] = std
-  return out
-
+from ftjax.experiment import summary as summary_lib
+from ftjax.experiment.stages import (Context, Progress, answers_stage, index_stage, read_answers,
+                                     score_rows, train_stage, update_finetuned_stage,
+                                     update_rag_stage)
 
 # ----------------------------------------------------------------------------- the run
 
@@ -67,13 +49,15 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   progress = progress or Progress()
   # Before any model loads: `data.audit = error` stops here, `redact` trains on redacted copies.
   audit, config = security_lib.audit(config, workdir, progress)
-  data = data_lib.load(config.data, config.knowledge_update.max_unchanged)
-  style = scoring.compile_style(config.style.pattern) if config.style.pattern else None
-  abstain = tuple(config.abstain_patterns) or None
+  data = load_data(config)
+  settings = summary_lib.scorer(config)
   ctx = Context(config, data, cache or StageCache(workdir / "cache"), progress)
   started = time.perf_counter()
+  notes = data_notes(config, data)
+  for note in notes.values():
+    progress.say(note)
 
-  rows, arms, skipped, latencies, stages = [], {}, {}, {}, {}
+  rows, skipped, latencies, stages = [], {}, {}, {}
   for arm in config.arms:
     seeds = list(range(config.num_seeds)) if arm in config_lib.TUNED_ARMS else [None]
     arm_latency, arm_rows = [], []
@@ -83,16 +67,11 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
       if "skipped" in result:
         skipped[arm] = result["skipped"]
         break
-      arm_rows += score_rows(ctx, arm, seed, read_answers(folder), style, abstain)
+      arm_rows += score_rows(ctx, arm, seed, read_answers(folder), settings)
       arm_latency += result["latency_s"]
     if arm in skipped:
       continue
     rows += arm_rows
-    arms[arm] = summarize_seeds(arm_rows, seeds)
-    cached = [r["cached_tokens"] for r in arm_rows if r["split"] == "eval"]
-    arms[arm]["cached_tokens"] = sum(cached) / len(cached) if cached else 0
-    arms[arm]["latency_s"] = {"p50": scoring.percentile(arm_latency, 50),
-                              "p95": scoring.percentile(arm_latency, 95)}
     latencies[arm] = arm_latency
 
   updates, update_missing = {}, [k for k in ("updates", "update_train", "update_eval")
@@ -104,57 +83,68 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   else:
     if "rag" in config.arms:
       folder, result = update_rag_stage(ctx)
-      urows = score_rows(ctx, "rag", None, read_answers(folder), style, abstain)
-      updates["rag"] = _update_summary(result, urows)
+      rows += [{**r, "stage": "update"} for r in
+               score_rows(ctx, "rag", None, read_answers(folder), settings)]
+      updates["rag"] = [result]
     if "finetuned" in config.arms:
-      results, urows = [], []
+      updates["finetuned"] = []
       for seed in range(config.num_seeds):
         folder, result = update_finetuned_stage(ctx, seed)
-        results.append(result)
-        urows += score_rows(ctx, "finetuned", seed, read_answers(folder), style, abstain)
-      updates["finetuned"] = _update_summary(results, urows)
+        updates["finetuned"].append(result)
+        rows += [{**r, "stage": "update"} for r in
+                 score_rows(ctx, "finetuned", seed, read_answers(folder), settings)]
 
   for key, reason in data.missing.items():
     skipped.setdefault(f"data.{key}", reason)
-  cost = cost_lib.compute(ctx, arms, stages)
+  trained = {}
+  for kind, arm_names in (("finetuned", ("finetuned", "finetuned_rag")), ("raft", ("raft",))):
+    if any(a in config.arms and a not in skipped for a in arm_names):
+      trained[kind] = [train_stage(ctx, kind, s)[1] for s in range(config.num_seeds)]
+  index = None
+  if any(a in config.arms for a in config_lib.RETRIEVAL_ARMS):
+    index = index_stage(ctx)[1]
   security = security_lib.measure(ctx, audit)
-  summary = {"arms": arms, "update": updates, "cost": cost, "skipped": skipped,
-             **({"security": security} if security else {}),
-             "missing_data": data.missing, "stages": stages,
-             "cache": {"computed": ctx.cache.computed, "reused": ctx.cache.reused},
-             "seconds": time.perf_counter() - started}
+  measured = {"stages": stages, "latency": latencies, "train": trained, "index": index,
+              "update": updates, "skipped": skipped, "missing_data": data.missing,
+              "data": notes, **({"security": security} if security else {}),
+              "cache": {"computed": ctx.cache.computed, "reused": ctx.cache.reused},
+              "seconds": time.perf_counter() - started}
+  model_cfg = ctx._base.config if ctx._base is not None else None
+  summary = summary_lib.build(config, rows, measured, model_cfg)
   with (workdir / "results.jsonl").open("w", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  (workdir / "measurements.json").write_text(json.dumps(measured, indent=1, default=str))
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
   (workdir / "experiment.json").write_text(json.dumps(
       {**provenance(config), **({"security": security} if security else {})}, indent=2,
       default=str))
-  histories = {}
-  for kind in ("finetuned", "raft"):
-    for seed in range(config.num_seeds):
-      folder = ctx.cache.folder(f"train-{kind}-s{seed}", train_key(ctx, kind, seed))
-      if (folder / "history.json").is_file():
-        histories[f"{kind} seed {seed}"] = json.loads((folder / "history.json").read_text())
-  report_lib.write(workdir, config, summary, histories)
+  report_lib.write(workdir, config, summary)
   return summary
 
 
-def _update_summary(results, rows) -> dict:
-  results = results if isinstance(results, list) else [results]
-  seeds = sorted({r["seed"] for r in rows}, key=lambda s: -1 if s is None else s)
-  per_seed = [scoring.summarize([r for r in rows if r["seed"] == s]) for s in seeds]
-  out = {"method": results[0]["method"],
-         "seconds": scoring.mean_std([r["seconds"] for r in results])["mean"],
-         "update_accuracy": scoring.mean_std([p["update_accuracy"] for p in per_seed])["mean"],
-         "unchanged_accuracy": scoring.mean_std([p["unchanged_accuracy"]
-                                                 for p in per_seed])["mean"],
-         "style_rate": scoring.mean_std([r["style"] for r in rows])["mean"],
-         "seeds": len(seeds)}
-  if "steps" in results[0]:
-    out["steps"] = results[0]["steps"]
-    out["flops"] = scoring.mean_std([r["flops"] for r in results])["mean"]
-  return out
+def load_data(config) -> data_lib.ExperimentData:
+  """The data files of `config`, checked; a dev split when the tuned arms measure learning."""
+  need_dev = bool(config.finetune.eval_every_steps) and any(
+      a in config.arms for a in config_lib.TUNED_ARMS)
+  return data_lib.load(config.data, config.knowledge_update.max_unchanged, need_dev=need_dev,
+                       seed=config.seed, train_questions=config.finetune.eval_questions)
+
+
+def data_notes(config, data: data_lib.ExperimentData) -> dict[str, str]:
+  """What a reader must know about which questions were asked (also printed at start)."""
+  notes = {}
+  limit = config.data.max_eval_questions
+  if limit:
+    notes["sampled"] = (f"questions sampled: a fixed random {limit} of each question file "
+                        f"(data.max_eval_questions = {limit}; eval asks "
+                        f"{len(data.questions['eval'])})")
+  if data.dev_source:
+    notes["dev"] = f"dev questions: {data.dev_source}"
+  if "train" in data.questions:
+    notes["train"] = (f"train accuracy: {len(data.questions['train'])} training questions "
+                      "(rows of data.train with an answer)")
+  return notes
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -174,6 +164,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                          cache=cache)
     for arm, metrics in summary["arms"].items():
       table.append({"point": label, **overrides, "arm": arm,
-                    **{m: metrics.get(m) for m in SUMMARY_METRICS}})
+                    **{m: metrics.get(m) for m in summary_lib.SUMMARY_METRICS},
+                    **{f"{m}_ci": metrics.get(f"{m}_ci") for m in summary_lib.RATES},
+                    "n_questions": metrics.get("n_questions"), "seeds": metrics.get("seeds")})
   report_lib.write_sweep(workdir, config, points, table)
   return {"sweep": table}

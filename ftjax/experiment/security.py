@@ -293,8 +293,10 @@ def canary_leakage(ctx) -> dict:
   for kind, arms in kinds.items():
     if any(a in c.arms for a in arms):
       folder, trained = stages.train_stage(ctx, kind, 0)
+      step = trained.get("selected_step")  # the model the tuned arm answers with
       summary = _canary_summary(canary_stage(
-          ctx, kind, folder.name, lambda f=folder: stages.tuned_model(ctx, f / "run"))["canaries"],
+          ctx, kind, f"{folder.name}-step{step}",
+          lambda f=folder: stages.tuned_model(ctx, f / "run", step))["canaries"],
           f"{trained.get('canary_rows', 0)} of {trained['examples']} training examples")
       out["models"][kind] = summary
   if any(a in c.arms for a in config_lib.RETRIEVAL_ARMS):

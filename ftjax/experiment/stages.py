@@ -63,9 +63,15 @@ class Context:
   _indexes: dict = dataclasses.field(default_factory=dict)
   _tuned: dict = dataclasses.field(default_factory=dict)
 
+  _weights: Any = None
+
   @property
   def model_key(self) -> dict:
-    return {"model": self.config.model, "dtype": self.config.dtype}
+    """The model's name, dtype and, for a local folder or file, a hash of its weight files: a
+    folder whose weights change in place is a new model to every stage that uses it."""
+    if self._weights is None:
+      self._weights = weights_digest(self.config.model)
+    return {"model": self.config.model, "dtype": self.config.dtype, "weights": self._weights}
 
   def base_model(self):
     if self._base is None:
@@ -82,13 +88,34 @@ class Context:
     return SamplingConfig(**fields)
 
 
+def weights_digest(model: str) -> str:
+  """sha256 over a local model's config and weight files (names and contents); "" for a
+  registered or hub model (a registered model is versioned by its package)."""
+  import hashlib
+  from ftjax.checkpoints.registry import REGISTRY
+  path = Path(model).expanduser()
+  if model in REGISTRY or not path.exists():
+    return ""
+  files = [path] if path.is_file() else sorted(
+      f for f in path.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (
+          ".safetensors", ".gguf", ".bin", ".pt", ".pth", ".npz", ".msgpack")))
+  h = hashlib.sha256()
+  for f in files:
+    h.update(f.name.encode())
+    with f.open("rb") as stream:
+      for block in iter(lambda: stream.read(1 << 20), b""):
+        h.update(block)
+  return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- retrieval index
 
 def index_key(ctx: Context, docs_hash: str | None = None) -> dict:
   r = ctx.config.retrieval
+  from ftjax.retrieval.bm25 import WORD_PATTERN
   return {"docs": docs_hash or ctx.data.hashes["docs"], "encoder": r.encoder,
           "chunk_tokens": r.chunk_tokens, "chunk_overlap": r.chunk_overlap,
-          "dense": r.method != "bm25"}
+          "dense": r.method != "bm25", "bm25_words": WORD_PATTERN}
 
 
 def _documents(docs: Sequence[data_lib.Doc]):
@@ -220,6 +247,8 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
   key = {"kind": kind, **ctx.model_key, "finetune": c.finetune.to_dict(), "seed": seed,
          "train": ctx.data.hashes["train"], "system_prompt": c.prompt.system_prompt,
          "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None,
+         # the held-out dev phrasings are not trained on, and steer selection
+         "dev": digest([q.input for q in ctx.data.questions.get("dev", [])]),
          **planting.train_key(c)}
   if kind == "finetuned":
     key.update(source=c.finetune_source, paraphrases=c.finetune_doc_paraphrases,
@@ -230,8 +259,61 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
   return key
 
 
+class LearningMonitor:
+  """Accuracy while training, by generation (Gekhman et al. 2024 stop early on a dev set): at
+  every `finetune.eval_every_steps` the model answers dev questions (held-out phrasings of
+  training facts) and training questions, `finetune.eval_questions` of each. With
+  `early_stop_patience` it stops training after that many evaluations without a better dev
+  accuracy; `selected_step` is the first step with the best dev accuracy."""
+
+  def __init__(self, ctx: Context, arm: str, label: str):
+    f = ctx.config.finetune
+    self.ctx, self.arm, self.label = ctx, arm, label
+    self.dev = data_lib.subsample(ctx.data.questions.get("dev", []), f.eval_questions, seed=1)
+    self.train = data_lib.subsample(ctx.data.questions.get("train", []), f.eval_questions,
+                                    seed=1)
+    self.patience = f.early_stop_patience
+    self.curve: list[dict] = []
+
+  def on_eval(self, step: int, model) -> bool:
+    index = None
+    if self.arm in config_lib.RETRIEVAL_ARMS:
+      index = open_index(self.ctx, index_stage(self.ctx)[0] / "index")
+    answerer = make_answerer(self.ctx, self.arm, model, index)
+    stream = self.dev + self.train
+    answers, seconds, _ = answer_questions(self.ctx, answerer, stream, f"step {step} dev+train",
+                                           self.ctx.config.sampling.batch_size)
+    correct = [scoring.score_answer(a.text, q.answer, answers=q.answers,
+                                    candidates=q.candidates, style=None)["correct"]
+               for a, q in zip(answers, stream)]
+    dev, train = correct[:len(self.dev)], correct[len(self.dev):]
+    point = {"step": step, "dev_accuracy": sum(dev) / len(dev) if dev else None,
+             "train_accuracy": sum(train) / len(train) if train else None,
+             "dev_n": len(dev), "train_n": len(train), "seconds": seconds}
+    self.curve.append(point)
+    self.ctx.progress.say(f"[{self.label}] step {step}: dev accuracy "
+                          f"{_fmt_rate(point['dev_accuracy'])}, train accuracy "
+                          f"{_fmt_rate(point['train_accuracy'])}")
+    best = self.best_index()
+    return bool(self.patience and best is not None
+                and len(self.curve) - 1 - best >= self.patience)
+
+  def best_index(self) -> int | None:
+    scored = [(p["dev_accuracy"], -i) for i, p in enumerate(self.curve)
+              if p["dev_accuracy"] is not None]
+    return -max(scored)[1] if scored else None
+
+  def selected_step(self) -> int | None:
+    best = self.best_index()
+    return None if best is None else self.curve[best]["step"]
+
+
+def _fmt_rate(x):
+  return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
 def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps: int = 0,
-           init_from: str = "", label: str) -> dict:
+           init_from: str = "", label: str, monitor: LearningMonitor | None = None) -> dict:
   from ftjax import train as train_lib
   from ftjax.training.metrics import flops_per_token
   train_file = folder / "train.jsonl"
@@ -242,13 +324,30 @@ def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps
   ctx.progress.say(f"[{label}] training on {len(conversations)} examples for "
                    f"{train_cfg.num_steps} steps ({'LoRA' if train_cfg.lora.enabled else 'full'})")
   started = time.perf_counter()
-  result = train_lib.run(train_cfg, folder / "run")
+  result = train_lib.run(train_cfg, folder / "run",
+                         on_eval=monitor.on_eval if monitor else None)
   seconds = time.perf_counter() - started
   tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in result.history)
   flops = flops_per_token(result.model_config, train_cfg.seq_len, lora=train_cfg.lora.enabled)
   losses = [{"step": h["step"], "loss": h["loss"]} for h in result.history]
   (folder / "history.json").write_text(json.dumps(losses))
-  return {"seconds": seconds, "step_seconds": sum(h["step_seconds"] for h in result.history),
+  selected, select_reason = result.step, "last step"
+  curve = monitor.curve if monitor else []
+  if ctx.config.finetune.select == "best_dev" and monitor:
+    if monitor.selected_step() is not None:
+      selected, select_reason = monitor.selected_step(), "best dev accuracy"
+    else:
+      select_reason = "last step (no dev questions: best_dev could not select)"
+  step_seconds = [h["step_seconds"] for h in result.history]
+  # The first step compiles; training cost is the steady step time times the steps.
+  steady = sorted(step_seconds[1:])[len(step_seconds[1:]) // 2] if len(step_seconds) > 1 \
+      else (step_seconds[0] if step_seconds else 0.0)
+  return {"seconds": seconds, "step_seconds": sum(step_seconds),
+          "steady_step_seconds": steady, "train_seconds": steady * result.step,
+          "overhead_seconds": seconds - sum(step_seconds) - sum(p["seconds"] for p in curve),
+          "eval_seconds": sum(p["seconds"] for p in curve),
+          "epochs": result.history[-1].get("epoch") if result.history else None,
+          "selected_step": selected, "select_reason": select_reason, "learning_curve": curve,
           "steps": result.step, "tokens": tokens, "flops": flops * tokens,
           "examples": len(conversations), "trainable_params": result.trainable_params,
           "total_params": result.total_params,
@@ -266,17 +365,21 @@ def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:
       conversations, extra = raft_examples(ctx, train_seed)
     conversations, planted = planting.plant(ctx, conversations)  # canaries, if configured
     num_steps = ctx.config.raft.num_steps if kind == "raft" else 0
+    label = f"{kind} seed {seed}"
+    monitor = (LearningMonitor(ctx, kind, label) if ctx.config.finetune.eval_every_steps
+               else None)
     return {**train_run(ctx, folder, conversations, seed=train_seed, num_steps=num_steps,
-                     label=f"{kind} seed {seed}"), **extra, **planted}
+                        label=label, monitor=monitor), **extra, **planted}
   # Unfinished training resumes from its checkpoints.
   return ctx.cache.run(f"train-{kind}-s{seed}", train_key(ctx, kind, seed), build, fresh=False)
 
 
-def tuned_model(ctx: Context, run_folder: Path):
-  if run_folder not in ctx._tuned:
+def tuned_model(ctx: Context, run_folder: Path, step: int | None = None):
+  """The trained model at `step` (default: its latest checkpoint)."""
+  if (run_folder, step) not in ctx._tuned:
     import ftjax
-    ctx._tuned[run_folder] = ftjax.load(run_folder, dtype=ctx.config.dtype)
-  return ctx._tuned[run_folder]
+    ctx._tuned[run_folder, step] = ftjax.load(run_folder, dtype=ctx.config.dtype, step=step)
+  return ctx._tuned[run_folder, step]
 
 
 # ----------------------------------------------------------------------------- answering
@@ -294,8 +397,10 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
   key = {"arm": arm, "model": model_key, "sampling": c.sampling.to_dict(), "seed": c.seed,
          "questions": {s: ctx.data.hashes.get(s) for s in SPLITS},
          "max_eval_questions": c.data.max_eval_questions,
-         "system_prompt": c.prompt.system_prompt}
-  if arm == "prompted":
+         "system_prompt": c.prompt.system_prompt, "splits": answer_splits(ctx, arm)}
+  if "train" in key["splits"]:
+    key["train_questions"] = digest([q.input for q in ctx.data.questions["train"]])
+  if arm in ("prompted", "prompted_rag"):
     key.update(style_instruction=c.style.instruction, few_shot=c.prompt.num_few_shot,
                train=ctx.data.hashes["train"])
   if arm in config_lib.RETRIEVAL_ARMS:
@@ -309,6 +414,15 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
   return key
 
 
+def answer_splits(ctx: Context, arm: str) -> list[str]:
+  """The question splits an arm answers: every arm the held-out ones; a tuned arm also its own
+  training questions (its train accuracy)."""
+  splits = [s for s in SPLITS if s in ctx.data.questions]
+  if arm in config_lib.TUNED_ARMS and "train" in ctx.data.questions:
+    splits.append("train")
+  return splits
+
+
 def make_answerer(ctx: Context, arm: str, model, index=None):
   c = ctx.config
   sampling = ctx.sampling()
@@ -320,9 +434,14 @@ def make_answerer(ctx: Context, arm: str, model, index=None):
     return ChatAnswerer(arm, model, sampling, system_prompt=instruction, few_shot=_few_shot(ctx))
   if arm in config_lib.RETRIEVAL_ARMS:
     from ftjax.arms.rag import RagAnswerer
+    few_shot = ()
+    if arm == "prompted_rag":  # prompt engineering and retrieval together: equal prompt effort
+      system = "\n\n".join(p for p in (system, c.style.instruction) if p)
+      few_shot = _few_shot(ctx)
     return RagAnswerer(arm, model, search_fn(ctx, index), sampling, k=c.retrieval.k,
                        max_prompt_tokens=c.retrieval.max_prompt_tokens,
-                       instruction=c.prompt.rag_instruction, system_prompt=system)
+                       instruction=c.prompt.rag_instruction, system_prompt=system,
+                       few_shot=few_shot)
   if arm == "cag":
     from ftjax.arms.cag import CagAnswerer
     return CagAnswerer(arm, model, [(d.title, d.text) for d in visible_docs(ctx)], sampling,
@@ -374,15 +493,18 @@ def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) ->
 def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
   """Answers of one arm (and seed) to every question split; skipped arms record why."""
   index_folder = index_stage(ctx)[0] if arm in config_lib.RETRIEVAL_ARMS else None
+  selected = None
   if arm in config_lib.TUNED_ARMS:
     kind = "raft" if arm == "raft" else "finetuned"
-    train_folder, _ = train_stage(ctx, kind, seed)
-    model_key = train_folder.name
+    train_folder, trained = train_stage(ctx, kind, seed)
+    selected = trained.get("selected_step")
+    model_key = {"train": train_folder.name, "step": selected}
   else:
     train_folder, model_key = None, ctx.model_key
 
   def build(folder: Path) -> dict:
-    model = tuned_model(ctx, train_folder / "run") if train_folder else ctx.base_model()
+    model = tuned_model(ctx, train_folder / "run", selected) if train_folder \
+        else ctx.base_model()
     index = open_index(ctx, index_folder / "index") if index_folder else None
     answerer = make_answerer(ctx, arm, model, index)
     if arm == "cag":
@@ -392,7 +514,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
         ctx.progress.say(f"[cag] skipped: {reason}")
         return {"skipped": reason}
     # One stream over every split: fewer partial batches, fewer compilations.
-    splits = [s for s in SPLITS if s in ctx.data.questions]
+    splits = answer_splits(ctx, arm)
     stream = [q for s in splits for q in ctx.data.questions[s]]
     answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
                                                        ctx.config.sampling.batch_size)
@@ -411,8 +533,10 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
 
 def read_answers(folder: Path) -> dict[str, list[Answer]]:
   raw = json.loads((folder / "answers.json").read_text())
-  return {split: [Answer(**{**a, "passages": None if a["passages"] is None
-                            else tuple(a["passages"])}) for a in answers]
+  def tup(x):
+    return None if x is None else tuple(x)
+  return {split: [Answer(**{**a, "passages": tup(a["passages"]),
+                            "passage_texts": tup(a.get("passage_texts"))}) for a in answers]
           for split, answers in raw.items()}
 
 
@@ -480,17 +604,19 @@ def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
 # ----------------------------------------------------------------------------- scoring
 
 def score_rows(ctx: Context, arm: str, seed: int | None, answers: dict[str, list[Answer]],
-               style, abstain_patterns) -> list[dict]:
+               settings: dict) -> list[dict]:
+  """One row per answer: the question, the answer with its metadata (prompt, passages, finish
+  reason) and its scores (`summary.score_row`, which `ftjax.evaluation.score` reruns)."""
+  from ftjax.experiment.summary import score_row
   rows = []
   for split, split_answers in answers.items():
     for question, a in zip(ctx.data.questions[split], split_answers):
-      scored = scoring.score_answer(a.text, question.answer, style=style,
-                                    abstain_patterns=abstain_patterns)
-      rows.append({"arm": arm, "seed": seed, "split": split, "index": question.index,
-                   "question": question.input, "gold": question.answer,
-                   "doc_id": question.doc_id, "answer": a.text, **scored,
-                   "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
-                   "cached_tokens": a.cached_tokens,
-                   "passage_doc_ids": None if a.passages is None else list(a.passages),
-                   "finish_reason": a.finish_reason})
+      row = {"arm": arm, "seed": seed, "split": split, "index": question.index,
+             "question": question.input, "doc_id": question.doc_id, "answer": a.text,
+             "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
+             "cached_tokens": a.cached_tokens,
+             "passage_doc_ids": None if a.passages is None else list(a.passages),
+             "passage_texts": None if a.passage_texts is None else list(a.passage_texts),
+             "finish_reason": a.finish_reason, "prompt": a.prompt}
+      rows.append(score_row(row, question, settings))
   return rows
