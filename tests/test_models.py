@@ -204,3 +204,81 @@ def test_dropout_keep_mask_rate_and_independence():
     assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.02
   np.testing.assert_array_equal(a, dropout_keep_mask(jax.random.PRNGKey(3), shape, 0.1))
   assert np.asarray(dropout_keep_mask(jax.random.PRNGKey(0), (999,), 0.0)).all()
+
+
+def _tiny_config(**changes):
+  return ModelConfig(family="llama", vocab_size=97, hidden_size=64, intermediate_size=96,
+                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, **changes)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_bf16_logits_close_to_fp32(tied):
+  cfg = _tiny_config(tie_word_embeddings=tied)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, cfg.vocab_size)
+  fp32 = forward(cfg, params, tokens)
+  bf16 = forward(cfg.replace(dtype="bfloat16"), params, tokens)
+  assert bf16.dtype == jnp.float32  # the head accumulates and returns fp32 logits
+  scale = float(jnp.abs(fp32).mean())
+  assert float(jnp.abs(bf16 - fp32).mean()) < 0.02 * scale
+  assert float((bf16.argmax(-1) == fp32.argmax(-1)).mean()) >= 0.9
+
+
+@pytest.mark.parametrize("num_contract,kernel_out_first", [(1, False), (2, False), (1, True)])
+def test_bf16_matmul_gradients_match_fp32(num_contract, kernel_out_first):
+  """The bf16 custom-vjp product: bf16 inputs, fp32 accumulation in all three products; its
+  gradients are jax.grad of the fp32 dot to bf16 rounding, and fp32 weights get fp32 gradients."""
+  from ftjax.models import matmul
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 40) + (4, 16)[2 - num_contract:]), jnp.float32)
+  in_shape, out_shape = x.shape[2:], (24,)
+  kernel = jnp.asarray(rng.standard_normal(
+      out_shape + in_shape if kernel_out_first else in_shape + out_shape), jnp.float32)
+  probe = jnp.asarray(rng.standard_normal((3, 40, 24)), jnp.float32)
+
+  def loss(x, kernel, dtype):
+    y = matmul.project(x, kernel, len(in_shape), dtype, kernel_out_first=kernel_out_first)
+    return jnp.sum(y.astype(jnp.float32) * probe)
+
+  want = jax.grad(loss, argnums=(0, 1))(x, kernel, jnp.float32)
+  got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, kernel, jnp.bfloat16)
+  assert got[1].dtype == jnp.float32 and got[0].dtype == jnp.float32
+  for g, w in zip(got, want):
+    assert float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)) < 1e-2
+  # fp32 stays the plain dot_general, gradients and all.
+  plain = jax.grad(lambda x, k: jnp.sum(matmul.plain_project(
+      x, k, len(in_shape), jnp.float32, kernel_out_first=kernel_out_first) * probe),
+      argnums=(0, 1))(x, kernel)
+  for g, w in zip(want, plain):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_bf16_lora_train_step_runs_and_tracks_fp32():
+  """A bf16 LoRA train step compiles (every dot form of the backward pass) and its loss is the
+  fp32 step's to bf16 rounding."""
+  import optax
+  from ftjax.models import lora as lora_lib
+  from ftjax.training.step import make_step_fns
+  cfg = lora_lib.with_lora(_tiny_config(tie_word_embeddings=True), rank=4, alpha=8.0,
+                           dropout=0.0)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  adapters = lora_lib.init_lora(params, rank=4, rng=jax.random.PRNGKey(1),
+                                targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                         "up_proj", "down_proj"))
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 16), 0, cfg.vocab_size)
+  batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, 1),
+           "loss_mask": jnp.ones(tokens.shape, jnp.float32),
+           "segment_ids": jnp.ones(tokens.shape, jnp.int32),
+           "positions": jnp.broadcast_to(jnp.arange(16), tokens.shape)}
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    optimizer = optax.adamw(1e-2)
+    fns = make_step_fns(cfg.replace(dtype=dtype), optimizer, accum_steps=1, lora=True, mesh=None)
+    state = {"step": jnp.int32(0), "params": adapters, "opt_state": optimizer.init(adapters),
+             "rng": jax.random.PRNGKey(3)}
+    step = jax.jit(fns.train_step)
+    for _ in range(2):
+      state, metrics = step(state, params, batch)
+    losses[dtype] = float(metrics["loss"])
+    assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
+  assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]

@@ -135,11 +135,11 @@ def _first_then_timed(jax_step, repeats):
   return first, timed(jax_step, repeats)
 
 
-def train_full_case(rows, cfg, params, hf, jt, tt, args):
-  # One full fine-tuning step (AdamW), all positions in the loss.
+def ftjax_full_step(cfg, params, jt, seq_len):
+  """One full fine-tuning step (AdamW, all positions in the loss), as a blocking call."""
   optimizer = optax.adamw(1e-5)
   fns = make_step_fns(cfg, optimizer, accum_steps=1, lora=False, mesh=None)
-  batch = _batch(jt, args.seq_len)
+  batch = _batch(jt, seq_len)
   trained = jax.tree.map(jnp.copy, params)  # the step donates its state; keep `params`
   state = {"step": jnp.int32(0), "params": trained, "opt_state": optimizer.init(trained),
            "rng": jax.random.PRNGKey(0)}
@@ -149,19 +149,30 @@ def train_full_case(rows, cfg, params, hf, jt, tt, args):
   def jax_step():
     box[0], metrics = step(box[0], None, batch)
     jax.block_until_ready(metrics)
+  return jax_step
 
-  hf.train()
-  torch_opt = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+def torch_step_fn(model, tt, lr, autocast=False):
+  """One AdamW step of a transformers (or peft) model on the trainable params; `autocast` runs
+  the forward under torch.autocast("cpu", bfloat16), PyTorch's mixed precision on CPU."""
+  torch_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
   labels = torch.roll(tt, -1, dims=1)
 
   def torch_step():
     torch_opt.zero_grad()
-    logits = hf(input_ids=tt).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      logits = model(input_ids=tt).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                              labels.reshape(-1))
     loss.backward()
     torch_opt.step()
+  return torch_step
 
+
+def train_full_case(rows, cfg, params, hf, jt, tt, args):
+  jax_step = ftjax_full_step(cfg, params, jt, args.seq_len)
+  hf.train()
+  torch_step = torch_step_fn(hf, tt, 1e-5)
   first, t_jax = _first_then_timed(jax_step, args.repeats)
   t_torch = timed(torch_step, args.repeats)
   hf.eval()
@@ -174,9 +185,8 @@ def train_full_case(rows, cfg, params, hf, jt, tt, args):
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def train_lora_case(rows, cfg, params, hf, jt, tt, args):
-  """LoRA rank 16 / alpha 32 / dropout 0.05 on all seven projections: ftjax vs peft."""
-  import peft
+def ftjax_lora_step(cfg, params, jt, seq_len):
+  """One LoRA step: rank 16 / alpha 32 / dropout 0.05 on all seven projections, AdamW."""
   from ftjax.models import lora as lora_lib
   lcfg = lora_lib.with_lora(cfg, rank=16, alpha=32.0, dropout=0.05)
   adapters = lora_lib.init_lora(params, rank=16, targets=LORA_TARGETS, rng=jax.random.PRNGKey(0))
@@ -185,29 +195,30 @@ def train_lora_case(rows, cfg, params, hf, jt, tt, args):
   state = {"step": jnp.int32(0), "params": adapters, "opt_state": optimizer.init(adapters),
            "rng": jax.random.PRNGKey(1)}
   step = jax.jit(fns.train_step, donate_argnums=(0,))
-  batch = _batch(jt, args.seq_len)
+  batch = _batch(jt, seq_len)
   box = [state]
 
   def jax_step():
     box[0], metrics = step(box[0], params, batch)
     jax.block_until_ready(metrics)
+  return jax_step
 
-  first, t_jax = _first_then_timed(jax_step, args.repeats)
+
+def peft_model(hf):
+  """`hf` with peft's LoRA (the same rank, alpha, dropout and targets), in train mode; undo with
+  `.unload()`."""
+  import peft
   model = peft.get_peft_model(hf, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                                   target_modules=list(LORA_TARGETS)))
   model.train()
-  torch_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-  labels = torch.roll(tt, -1, dims=1)
+  return model
 
-  def torch_step():
-    torch_opt.zero_grad()
-    logits = model(input_ids=tt).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             labels.reshape(-1))
-    loss.backward()
-    torch_opt.step()
 
-  t_torch = timed(torch_step, args.repeats)
+def train_lora_case(rows, cfg, params, hf, jt, tt, args):
+  """LoRA rank 16 / alpha 32 / dropout 0.05 on all seven projections: ftjax vs peft."""
+  first, t_jax = _first_then_timed(ftjax_lora_step(cfg, params, jt, args.seq_len), args.repeats)
+  model = peft_model(hf)
+  t_torch = timed(torch_step_fn(model, tt, 1e-4), args.repeats)
   model.unload()  # hf back to the plain base
   n = args.batch * args.seq_len
   rows.append(("train step (LoRA r16, all proj.)", f"{args.batch}x{args.seq_len} tokens",

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax.models import attention as attention_lib
+from ftjax.models import matmul
 from ftjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -65,7 +66,8 @@ def dropout_keep_mask(rng: Array, shape: tuple[int, ...], rate: float) -> Array:
 
 
 class Projection(nn.Module):
-  """`y = einsum(x, kernel) (+ bias)` over the trailing `contract` axes of x, with optional LoRA."""
+  """`y = einsum(x, kernel) (+ bias)` over the trailing `contract` axes of x, with optional LoRA.
+  Every product goes through `matmul.project` (bf16 inputs, fp32 accumulation under bf16)."""
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
   in_names: tuple[str, ...]
@@ -83,8 +85,7 @@ class Projection(nn.Module):
         out_axis=tuple(range(len(self.in_shape), len(self.in_shape) + len(self.out_shape)))),
         self.in_shape + self.out_shape, self.in_names + self.out_names, self.param_dtype)
     n_in = len(self.in_shape)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    y = matmul.project(x, kernel, n_in, self.dtype)
     if self.has_variable("lora", "a"):
       a = self.get_variable("lora", "a")  # [*in_shape, rank]
       b = self.get_variable("lora", "b")  # [rank, *out_shape]
@@ -93,8 +94,8 @@ class Projection(nn.Module):
         keep = 1.0 - self.lora_dropout
         mask = dropout_keep_mask(self.make_rng("dropout"), h.shape, self.lora_dropout)
         h = jnp.where(mask, h / keep, 0).astype(self.dtype)
-      h = jax.lax.dot_general(h, a.astype(self.dtype), (contract, ((), ())))
-      h = jax.lax.dot_general(h, b.astype(self.dtype), (((h.ndim - 1,), (0,)), ((), ())))
+      h = matmul.project(h, a, n_in, self.dtype)
+      h = matmul.project(h, b, 1, self.dtype)
       y = y + (h * self.lora_scale).astype(self.dtype)
     if self.use_bias:
       bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_names,
@@ -422,12 +423,11 @@ class Transformer(nn.Module):
                (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
       return x, new_cache
     if cfg.tie_word_embeddings:
-      logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt),
-                          preferred_element_type=jnp.float32)
+      logits = matmul.project(x, embedding, 1, dt, jnp.float32, kernel_out_first=True)
     else:
       kernel = _param(self, "lm_head", nn.initializers.lecun_normal(),
                       (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
-      logits = jnp.einsum("bte,ev->btv", x, kernel.astype(dt), preferred_element_type=jnp.float32)
+      logits = matmul.project(x, kernel, 1, dt, jnp.float32)
     if cfg.final_logit_softcap:
       logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
     logits = _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
