@@ -4,6 +4,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 # Must be set before JAX initialises its backend: sharding tests use 8 host devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -18,6 +19,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow (the data pipeline's tf.data / TFDS) eagerly imports Keras 3, and Keras pulls in
+# scikit-learn: ~5 s of every `python -m ftjax.train` start-up, and nothing here uses Keras. With
+# this set TF tries `tf_keras` instead, which is not installed, and skips the import.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import pytest  # noqa: E402
 
@@ -41,18 +46,56 @@ def smollm2_tokenizer():
   return ftjax.load_tokenizer("smollm2-135m-instruct")
 
 
+# The tiny test models' vocabulary: SmolLM2's 49,152 tokens would make the embedding ~3.1M
+# parameters beside ~74k in the two layers, so every tiny step and compile would be spent on it.
+TINY_VOCAB_SIZE = 2048
+REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="session")
-def tiny_llama_folder(tmp_path_factory, smollm2_tokenizer):
-  """A tiny random Llama with SmolLM2's tokenizer and chat template, saved as a HF folder."""
+def tiny_tokenizer(smollm2_tokenizer):
+  """A 2,048-token byte-level BPE trained on the repository's own texts (data/, tests/data/),
+  which it tokenizes into about as many tokens as SmolLM2's tokenizer does (~5% more on
+  data/samples); SmolLM2's special tokens (the same ids 0-2), bos/eos/pad/unk and chat
+  template."""
+  import transformers
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  # The template's default system prompt is in every rendered example: weighted so that it is
+  # as few tokens as with SmolLM2's tokenizer, and every sample example still fits 128 tokens.
+  texts = [smollm2_tokenizer.chat_template] * 20
+  for pattern in ("data/**/*.jsonl", "data/**/*.csv", "tests/data/**/*.jsonl"):
+    texts += [p.read_text(encoding="utf-8") for p in sorted(REPO.glob(pattern))]
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=TINY_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+  tokenizer.train_from_iterator(texts, trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
+      pad_token="<|im_end|>", unk_token="<|endoftext|>")
+  fast.chat_template = smollm2_tokenizer.chat_template
+  assert (fast.bos_token_id, fast.eos_token_id, fast.pad_token_id) == (
+      smollm2_tokenizer.bos_token_id, smollm2_tokenizer.eos_token_id,
+      smollm2_tokenizer.pad_token_id)
+  return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory, tiny_tokenizer):
+  """A tiny random Llama with a small tokenizer and SmolLM2's chat template, saved as a HF
+  folder."""
   import torch
   import transformers
   folder = tmp_path_factory.mktemp("tiny_llama")
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
-      vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+      vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
       max_position_embeddings=1024, tie_word_embeddings=True,
-      eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=1, pad_token_id=2)
+      eos_token_id=tiny_tokenizer.eos_token_id, bos_token_id=tiny_tokenizer.bos_token_id,
+      pad_token_id=tiny_tokenizer.pad_token_id)
   transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-  smollm2_tokenizer.save_pretrained(folder)
+  tiny_tokenizer.save_pretrained(folder)
   return folder

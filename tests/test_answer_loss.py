@@ -62,9 +62,8 @@ def _hand_answer_loss(model_cfg, params, examples):
   return float(np.mean(nll)), len(nll)
 
 
-def test_eval_step_answer_loss_is_the_mean_nll_of_the_answer_tokens(tiny, answers_file,
-                                                                    smollm2_tokenizer, tmp_path):
-  data = _eval_data(answers_file, smollm2_tokenizer, tmp_path, batch_size=2)
+def test_eval_step_answer_loss_is_the_mean_nll_of_the_answer_tokens(tiny, answers_file, tmp_path):
+  data = _eval_data(answers_file, tiny.tokenizer, tmp_path, batch_size=2)
   assert data.report.to_dict()["answers"]["eval"] == {"answer_found": 4, "answer_not_found": 1}
   fns = make_step_fns(tiny.config, optax.sgd(0.0), accum_steps=1, lora=False, mesh=None)
   eval_step = jax.jit(fns.eval_step)
@@ -89,8 +88,8 @@ def test_eval_step_answer_loss_is_the_mean_nll_of_the_answer_tokens(tiny, answer
   assert float(out["answer_tokens"]) == float(out["answer_loss_sum"]) == 0.0
 
 
-def test_train_reports_eval_answer_loss_beside_eval_loss(tiny_llama_folder, answers_file,
-                                                         smollm2_tokenizer, tmp_path):
+def test_train_reports_eval_answer_loss_beside_eval_loss(tiny_llama_folder, tiny, answers_file,
+                                                         tmp_path):
   c = base_config()
   c.model = str(tiny_llama_folder)
   c.data.train = c.data.eval = answers_file
@@ -106,7 +105,7 @@ def test_train_reports_eval_answer_loss_beside_eval_loss(tiny_llama_folder, answ
   assert [h["step"] for h in result.eval_history] == [1, 2]
   final = result.eval_history[-1]
 
-  data = _eval_data(answers_file, smollm2_tokenizer, tmp_path / "tfds", batch_size=8)
+  data = _eval_data(answers_file, tiny.tokenizer, tmp_path / "tfds", batch_size=8)
   expected, count = _hand_answer_loss(result.model_config, jax.device_get(result.params),
                                       data.eval_examples)
   assert final["eval_answer_tokens"] == count

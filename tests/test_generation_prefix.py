@@ -272,19 +272,20 @@ def test_batch_cache_holds_no_copy_of_the_prefix(tiny, decode_calls):
 
 
 @pytest.fixture(scope="module")
-def tiny_mistral(tmp_path_factory, smollm2_tokenizer):
+def tiny_mistral(tmp_path_factory, tiny_tokenizer):
   """A tiny random Mistral whose sliding window (24) is much shorter than the corpus."""
   import torch
   import transformers
   folder = tmp_path_factory.mktemp("tiny_mistral")
   torch.manual_seed(0)
   config = transformers.MistralConfig(
-      vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+      vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
       max_position_embeddings=1024, sliding_window=24, tie_word_embeddings=False,
-      eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=1, pad_token_id=2)
+      eos_token_id=tiny_tokenizer.eos_token_id, bos_token_id=tiny_tokenizer.bos_token_id,
+      pad_token_id=tiny_tokenizer.pad_token_id)
   transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-  smollm2_tokenizer.save_pretrained(folder)
+  tiny_tokenizer.save_pretrained(folder)
   return ftjax.load(str(folder))
 
 
