@@ -95,7 +95,7 @@ SCHEMA = {"accuracy", "f1", "style_rate", "abstain_rate", "hallucination_rate", 
 
 def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   workdir = tmp_path / "run"
-  summary = run(tiny_config(tiny_llama_folder, domain), workdir)
+  summary = run(tiny_config(tiny_llama_folder, domain, arms=config_lib.ARMS), workdir)
   assert set(summary["arms"]) == set(config_lib.ARMS), summary["skipped"]
   for arm, metrics in summary["arms"].items():
     assert SCHEMA <= set(metrics), arm
@@ -136,6 +136,13 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   assert any(t.format(s) in prompted_rag["prompt"] for _, _, _, s, _ in FACTS
              for t in ("Tell me about {}.", "What should I know about {}?", "Info on {} please"))
   assert "[1] " in prompted_rag["prompt"] and prompted_rag["passage_texts"]
+  # RAFT's test conditions: the oracle document among distractors, and closed book.
+  texts = {doc_id: text for doc_id, _, text, _, _ in FACTS}
+  for r in rows:
+    if r["arm"] == "raft_oracle" and r["split"] == "eval":
+      assert texts[r["doc_id"]] in r["passage_texts"] and len(r["passage_texts"]) == 2
+    if r["arm"] == "raft_closed_book":
+      assert not r.get("passage_texts") and "[1] " not in r["prompt"]
 
   # Re-scoring the saved answers without a model reproduces the summary exactly.
   from ftjax.evaluation.score import rescore
@@ -154,12 +161,13 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   assert {"config", "versions", "git_commit", "machine"} <= set(provenance)
 
   # The same config again: nothing is recomputed, the report is rebuilt with the same numbers.
-  again = run(tiny_config(tiny_llama_folder, domain), workdir)
+  again = run(tiny_config(tiny_llama_folder, domain, arms=config_lib.ARMS), workdir)
   assert again["cache"]["computed"] == []
   assert again["arms"]["rag"]["accuracy"] == arms["rag"]["accuracy"]
 
   # A retrieval setting reruns only the arms that retrieve.
-  changed = run(tiny_config(tiny_llama_folder, domain, **{"retrieval.k": 1}), workdir)
+  changed = run(tiny_config(tiny_llama_folder, domain, arms=config_lib.ARMS,
+                            **{"retrieval.k": 1}), workdir)
   recomputed = sorted(re.sub(r"-[0-9a-f]{12}$", "", name)
                       for name in changed["cache"]["computed"])
   assert recomputed == sorted(["answers-finetuned_rag-s0", "answers-prompted_rag",
@@ -278,6 +286,9 @@ def test_bad_data_is_a_clear_error_at_start(tmp_path, domain, mutate, message):
     ("scoring.answer_pattern", "(a)(b)", "scoring.answer_pattern: needs exactly one"),
     ("finetune.select", "best", "finetune.select"),
     ("finetune.select", "best_dev", "finetune.select: best_dev needs"),
+    ("raft.distractors", "hard", "raft.distractors"),
+    ("raft.test_distractors", -2, "raft.test_distractors"),
+    ("raft.evidence_template", "{answer}", "raft.evidence_template: must contain {evidence}"),
 ])
 def test_bad_config_is_a_clear_error_at_start(domain, tmp_path, key, value, message):
   with pytest.raises(ConfigError, match=message):
@@ -310,8 +321,10 @@ def test_training_data_composition(domain, tmp_path):
   assert len(finetune_examples(ctx)) == len(FACTS)
 
   config.raft.oracle_fraction = 1.0
+  config.raft.distractors = "random"
   raft, info = raft_examples(ctx, seed=0)
-  assert info == {"examples": 3 * len(FACTS) + 1, "skipped_without_doc_id": 0}
+  assert info["examples"] == 3 * len(FACTS) + 1 and info["skipped_without_doc_id"] == 0
+  assert info["with_oracle"] == 3 * len(FACTS)
   texts = {doc_id: text for doc_id, _, text, _, _ in FACTS}
   for messages, row in zip(raft, [json.loads(line) for line in open(domain["train"])]):
     user = messages[-2]["content"]
@@ -319,6 +332,61 @@ def test_training_data_composition(domain, tmp_path):
     assert messages[-1]["content"] == row["output"]
   # The same template at test time: RAFT trains on what the RAG arms show.
   assert raft[0][-2]["content"].startswith(render_rag_prompt("q", [])[:20])
+
+
+def test_raft_as_published(domain, tmp_path, monkeypatch):
+  """Distractors are the retriever's top hits, held-out dev phrasings stay out of RAFT's
+  training data, the evidence target quotes the oracle sentence, and the `raft_oracle` arm's
+  prompt holds the question's own document among N distractors."""
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.stages import (Context, Progress, index_stage, make_oracle_search,
+                                       open_index, raft_examples)
+  config = tiny_config("m", domain)
+  config.raft.oracle_fraction = 1.0
+  config.raft.num_distractors = 1
+  config.raft.evidence = True
+  data = data_lib.load(config.data, need_dev=True, seed=0)
+  ctx = Context(config, data, StageCache(tmp_path), Progress())
+  dev = {q.input for q in data.questions["dev"]}
+  assert len(dev) == len(FACTS)
+  raft, info = raft_examples(ctx, seed=0)
+  assert info["distractors"] == "retrieved" and info["retrieved_distractors_for"] == 2 * len(FACTS)
+  assert info["with_evidence"] == 2 * len(FACTS)
+  questions = [m[-2]["content"].rsplit("Question: ", 1)[-1] for m in raft[:2 * len(FACTS)]]
+  assert not dev & set(questions)  # no dev phrasing is trained on
+  texts = {doc_id: text for doc_id, _, text, _, _ in FACTS}
+  rows = {r["input"]: r for r in map(json.loads, open(domain["train"]))}
+  for messages, question in zip(raft, questions):
+    oracle = rows[question]["doc_id"]
+    assert texts[oracle] in messages[-2]["content"]
+    assert messages[-1]["content"] == f'"{texts[oracle]}"\n\n{rows[question]["output"]}'
+
+  # The distractor is the retriever's best hit from another document: with a retriever that
+  # ranks the documents in a known order, RAFT picks the first that is not the oracle.
+  from ftjax.experiment import stages
+  from ftjax.retrieval.index import Passage
+  order = ["d3", "d1", "d4", "d2"]
+  monkeypatch.setattr(stages, "search_fn", lambda ctx, index: lambda qs, k: [
+      [Passage(d, d, texts[d], 1.0, r) for r, d in enumerate(order, 1)] for _ in qs])
+  raft, _ = raft_examples(ctx, seed=0)
+  for messages, question in zip(raft, questions):
+    oracle = rows[question]["doc_id"]
+    top = next(d for d in order if d != oracle)
+    shown = [d for d in texts if texts[d] in messages[-2]["content"]]
+    assert sorted(shown) == sorted([oracle, top]), question
+  monkeypatch.undo()
+  index = open_index(ctx, index_stage(ctx)[0] / "index")
+
+  # RAFT's test condition: the oracle document among `test_distractors` others.
+  config.raft.test_distractors = 2
+  search = make_oracle_search(ctx, index)
+  eval_q = data.questions["eval"][0]
+  passages = search([eval_q.input], 3)[0]
+  assert len(passages) == 3 and eval_q.doc_id in [p.doc_id for p in passages]
+  assert len({p.doc_id for p in passages}) == 3
+  # an unanswerable question gets the distractors alone
+  assert len(search(["Is there a Zed app?"], 3)[0]) == 2
 
 
 @pytest.mark.parametrize("override, message", [

@@ -209,3 +209,47 @@ class RagAnswerer:
                    prompt=render_chat(self.model, question_messages(
                        a.prompt, system_prompt=self.system_prompt, few_shot=self.few_shot)),
                    passage_texts=tuple(p.text for p in a.passages)) for a in answers]
+
+
+def oracle_search(search: Callable[[list[str], int], list[list[Any]]] | None,
+                  documents: dict[str, tuple[str, tuple[str, ...] | None]],
+                  doc_of: dict[str, str], num_distractors: int, *,
+                  distractors: str = "retrieved", seed: int = 0
+                  ) -> Callable[[list[str], int], list[list[Any]]]:
+  """RAFT's test condition (Zhang et al. 2024) as a search function: each question's own
+  document (`doc_of[question]`, the whole document as one passage) among `num_distractors`
+  other documents, in a seeded order. Distractors are the retriever's top hits from other
+  documents (`retrieved`, through `search`) or other documents drawn at random (`random`). A
+  question without a document (unanswerable, general) gets the distractors alone.
+  `documents` maps doc id -> (text, acl); `k` is ignored (1 + num_distractors passages)."""
+  import random as random_lib
+  from ftjax.retrieval.index import Passage
+  if distractors not in ("retrieved", "random"):
+    raise ValueError(f"distractors must be 'retrieved' or 'random', got {distractors!r}")
+  if distractors == "retrieved" and search is None:
+    raise ValueError("retrieved distractors need a search function")
+  ids = sorted(documents)
+
+  def run(questions: list[str], k: int, **unused) -> list[list[Any]]:
+    del k, unused
+    hits = search(list(questions), 4 * num_distractors + 4) if distractors == "retrieved" \
+        else [[] for _ in questions]
+    out = []
+    for question, ranked in zip(questions, hits):
+      rng = random_lib.Random(f"{seed}:{question}")
+      oracle = doc_of.get(question)
+      chosen: list[str] = []
+      for p in ranked:
+        if len(chosen) == num_distractors:
+          break
+        if p.doc_id != oracle and p.doc_id not in chosen and p.doc_id in documents:
+          chosen.append(p.doc_id)
+      others = [d for d in ids if d != oracle and d not in chosen]
+      rng.shuffle(others)
+      chosen += others[:num_distractors - len(chosen)]
+      if oracle in documents:
+        chosen.insert(rng.randrange(len(chosen) + 1), oracle)
+      out.append([Passage(d, f"{d}#doc", documents[d][0], 0.0, rank, documents[d][1])
+                  for rank, d in enumerate(chosen, 1)])
+    return out
+  return run

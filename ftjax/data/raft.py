@@ -30,11 +30,15 @@ from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
 from ftjax.prompts import render_rag_prompt as render_prompt
 
 
+DEFAULT_EVIDENCE_TEMPLATE = '"{evidence}"\n\n{answer}'
+
+
 class RaftExample(NamedTuple):
   messages: list[dict]
   oracle_included: bool
   passage_ids: list[str]  # in prompt order
   doc_id: str  # the gold document
+  evidence: bool = False  # the target quotes the oracle's evidence before the answer
 
 
 def read_qa_jsonl(path: str | os.PathLike, question_key: str = "question",
@@ -62,9 +66,14 @@ def read_qa_jsonl(path: str | os.PathLike, question_key: str = "question",
 def build_examples(qa: Sequence[QAPair], passages: Mapping[str, str], *,
                    num_distractors: int = 4, oracle_fraction: float = 0.8, seed: int = 0,
                    instruction: str = DEFAULT_INSTRUCTION,
-                   negatives: Callable[[str], Sequence[str]] | None = None) -> list[RaftExample]:
+                   negatives: Callable[[str], Sequence[str]] | None = None,
+                   evidence: Sequence[str | None] | None = None,
+                   evidence_template: str = DEFAULT_EVIDENCE_TEMPLATE) -> list[RaftExample]:
   """One example per QA pair. `passages` maps passage id -> text and must contain every
   pair's `doc_id`; `negatives(question)` (optional) ranks passage ids for hard distractors.
+  `evidence` (optional, one per pair): the oracle's sentence that holds the answer; an example
+  that contains the oracle and has evidence gets the target `evidence_template` (with
+  `{evidence}` and `{answer}`): RAFT's chain of thought that quotes before it answers.
 
   Exactly round(oracle_fraction * len(qa)) examples contain the oracle.
   """
@@ -73,6 +82,8 @@ def build_examples(qa: Sequence[QAPair], passages: Mapping[str, str], *,
   if num_distractors < 0:
     raise ValueError(f"num_distractors must be >= 0, got {num_distractors}")
   missing = [i for i, pair in enumerate(qa) if pair.doc_id not in passages]
+  if evidence is not None and len(evidence) != len(qa):
+    raise ValueError(f"{len(evidence)} evidence sentences for {len(qa)} QA pairs")
   if missing:
     raise CorpusError(f"{len(missing)} QA pair(s) name a doc_id with no passage (first: pair "
                       f"{missing[0]}, doc_id {qa[missing[0]].doc_id!r})")
@@ -102,9 +113,13 @@ def build_examples(qa: Sequence[QAPair], passages: Mapping[str, str], *,
       chosen.append(pair.doc_id)
     order = [chosen[j] for j in example_rng.permutation(len(chosen))]
     prompt = render_prompt(pair.question, [passages[pid] for pid in order], instruction)
+    quote = evidence[i] if evidence is not None and with_oracle[i] else None
+    target = evidence_template.format(evidence=quote, answer=pair.answer) if quote \
+        else pair.answer
     messages = [{"role": "user", "content": prompt},
-                {"role": "assistant", "content": pair.answer}]
-    examples.append(RaftExample(messages, bool(with_oracle[i]), order, pair.doc_id))
+                {"role": "assistant", "content": target}]
+    examples.append(RaftExample(messages, bool(with_oracle[i]), order, pair.doc_id,
+                                bool(quote)))
   return examples
 
 

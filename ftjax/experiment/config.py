@@ -13,14 +13,16 @@ import re
 
 import ml_collections
 
+from ftjax.arms import registry as arm_registry
 from ftjax.checkpoints.registry import DEFAULT_ENCODER
 from ftjax.config import ConfigError, _flatten, base_config, check_keys_and_types
 from ftjax.config import validate as validate_training
 from ftjax.prompts import DEFAULT_CAG_INSTRUCTION, DEFAULT_RAG_INSTRUCTION
 
-ARMS = ("base", "prompted", "rag", "prompted_rag", "finetuned", "finetuned_rag", "raft", "cag")
-RETRIEVAL_ARMS = ("rag", "prompted_rag", "finetuned_rag", "raft")
-TUNED_ARMS = ("finetuned", "finetuned_rag", "raft")
+ARMS = arm_registry.NAMES  # every arm (`ftjax.arms.registry`); `c.arms` defaults to the default ones
+RETRIEVAL_ARMS = arm_registry.USES_INDEX
+TUNED_ARMS = arm_registry.TUNED
+RAFT_DISTRACTORS = ("retrieved", "random")
 METHODS = ("bm25", "dense", "hybrid")
 SOURCES = ("examples", "docs", "both")
 # Keys of the training schema that the experiment sets from its own keys.
@@ -40,7 +42,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.seed = 0
   c.num_seeds = 1  # fine-tuned arms are trained and evaluated once per seed
-  c.arms = ARMS
+  c.arms = arm_registry.DEFAULT  # add raft_oracle / raft_closed_book for RAFT's test conditions
 
   c.data = ml_collections.ConfigDict()
   c.data.docs = ""  # {"id", "text", "title"?}: the knowledge corpus
@@ -123,6 +125,14 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.raft.oracle_fraction = 0.8
   c.raft.num_steps = 0  # 0: finetune.num_steps
   c.raft.max_examples = 0  # 0: one per training example; n: a seeded random n of them
+  # As published (Zhang et al. 2024): distractors are the retriever's top hits for the question
+  # (hard negatives) or random documents; with `evidence` the target quotes the oracle sentence
+  # that holds the answer before the answer. `test_distractors` (-1: num_distractors) is the N
+  # of the `raft_oracle` arm's test condition, oracle + N distractors (sweepable).
+  c.raft.distractors = "retrieved"  # retrieved | random
+  c.raft.evidence = False
+  c.raft.evidence_template = '"{evidence}"\n\n{answer}'  # an anchored style needs its own
+  c.raft.test_distractors = -1
 
   c.knowledge_update = ml_collections.ConfigDict()
   c.knowledge_update.num_steps = 10  # continued training of the fine-tuned model on update_train
@@ -149,7 +159,8 @@ def experiment_config() -> ml_collections.ConfigDict:
 
 AUDIT_MODES = ("off", "warn", "error", "redact")
 _CHOICES = {"retrieval.method": METHODS, "finetune_source": SOURCES, "finetune.select": SELECT,
-            "dtype": ("float32", "bfloat16"), "data.audit": AUDIT_MODES}
+            "dtype": ("float32", "bfloat16"), "data.audit": AUDIT_MODES,
+            "raft.distractors": RAFT_DISTRACTORS}
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -181,6 +192,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     value = config[group][leaf] if group else config[leaf]
     if value < 0:
       raise ConfigError(f"config key {key}: must be >= 0, got {value}")
+  if config.raft.test_distractors < -1:
+    raise ConfigError(f"config key raft.test_distractors: must be >= 0 (or -1: "
+                      f"raft.num_distractors), got {config.raft.test_distractors}")
+  for field in ("{evidence}", "{answer}"):
+    if field not in config.raft.evidence_template:
+      raise ConfigError(f"config key raft.evidence_template: must contain {field}")
   if not 0 <= config.raft.oracle_fraction <= 1:
     raise ConfigError(f"config key raft.oracle_fraction: must be in [0, 1], got "
                       f"{config.raft.oracle_fraction}")

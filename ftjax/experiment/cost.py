@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftjax.arms import registry as arm_registry
 from ftjax.experiment import config as config_lib
 # The FLOP counts and the break-even live with the planner, which checks them against runs.
 from ftjax.planning.estimate import break_even, inference_flops
@@ -82,14 +83,15 @@ def compute(config, arms: dict, stages: dict, trained: dict[str, list[dict]],
         "latency_p50_s": (metrics.get("latency_s") or {}).get("p50")}
 
   def upfront(arm):
-    train = out["train"].get("raft" if arm == "raft" else "finetuned", {})
+    spec = arm_registry.get(arm)
+    train = out["train"].get(spec.weights, {}) if spec.tuned else {}
     idx = out.get("index", {})
     flops = train.get("flops", 0.0) if arm in config_lib.TUNED_ARMS else 0.0
     seconds = train.get("seconds", 0.0) if arm in config_lib.TUNED_ARMS else 0.0
     if arm in config_lib.RETRIEVAL_ARMS:
       seconds += idx.get("seconds", 0.0)
-    if arm == "cag":  # prefilling the corpus once
-      cached = arms["cag"].get("cached_tokens") or 0.0
+    if spec.passages == "corpus":  # prefilling the corpus once
+      cached = arms[arm].get("cached_tokens") or 0.0
       flops += inference_flops(model_cfg, cached, 0)
     return flops, seconds
 

@@ -57,6 +57,9 @@ class ExperimentData:
   # the dev questions came from.
   train_questions: list = dataclasses.field(default_factory=list)
   dev_source: str = ""
+  # Per example in `train` order: the row's `doc_id` (None without one); RAFT pairs each
+  # training question with its document.
+  train_doc_ids: list = dataclasses.field(default_factory=list)
 
   def corpus_after_update(self) -> list[Doc]:
     changed = {d.doc_id: d for d in self.updates}
@@ -178,10 +181,19 @@ def read_train_questions(path: str) -> list[Question | None]:
   return out
 
 
+def read_train_doc_ids(path: str) -> list[str | None]:
+  """Per row of a JSONL training file: its `doc_id` (None without one)."""
+  if not path.endswith((".jsonl", ".json")):
+    return []
+  return [None if record.get("doc_id") is None else str(record["doc_id"])
+          for _, record in _rows(path, "train")]
+
+
 def hold_out_dev(train: list[list[dict]], questions: list[Question | None], seed: int
-                 ) -> tuple[list[list[dict]], list[Question | None], list[Question]]:
+                 ) -> tuple[list[list[dict]], list[Question | None], list[Question], list[int]]:
   """One phrasing of each training fact (a `doc_id` + `answer` with two or more phrasings) set
-  aside as a dev question, seeded: (the remaining examples, their questions, the dev questions).
+  aside as a dev question, seeded: (the remaining examples, their questions, the dev questions,
+  the indices of the remaining examples).
   A fact with a single phrasing stays in training (holding it out would make it unlearnable)."""
   import random
   facts: dict[tuple, list[int]] = {}
@@ -193,7 +205,7 @@ def hold_out_dev(train: list[list[dict]], questions: list[Question | None], seed
   held_set = set(held)
   dev = [dataclasses.replace(questions[i], split="dev", index=n) for n, i in enumerate(held)]
   keep = [i for i in range(len(train)) if i not in held_set]
-  return [train[i] for i in keep], [questions[i] for i in keep], dev
+  return [train[i] for i in keep], [questions[i] for i in keep], dev, keep
 
 
 def read_examples(path: str, key: str) -> list[list[dict]]:
@@ -271,6 +283,7 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
       if "decline_train" in paths else []
   train = read_examples(paths["train"], "train")
   per_row = read_train_questions(paths["train"])
+  row_doc_ids = read_train_doc_ids(paths["train"]) or [None] * len(train)
   if per_row and len(per_row) != len(train):  # both read every non-blank row, in order
     raise ExperimentDataError(f"data.train: {paths['train']}: {len(per_row)} rows but "
                               f"{len(train)} examples")
@@ -287,7 +300,8 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
                                   "held-out phrasings of training facts, never eval questions")
     missing.pop("dev", None)
   elif need_dev and per_row:
-    train, per_row, dev = hold_out_dev(train, per_row, seed)
+    train, per_row, dev, keep = hold_out_dev(train, per_row, seed)
+    row_doc_ids = [row_doc_ids[i] for i in keep]
     if dev:
       questions["dev"] = dev
       dev_source = (f"held out of data.train: one phrasing of each of {len(dev)} facts "
@@ -303,4 +317,5 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
                                     for i, q in enumerate(train_qs)], train_questions)
   return ExperimentData(docs=docs, train=train, questions=questions, updates=updates,
                         update_train=update_train, decline_train=decline, hashes=hashes,
-                        missing=missing, train_questions=per_row, dev_source=dev_source)
+                        missing=missing, train_questions=per_row, dev_source=dev_source,
+                        train_doc_ids=row_doc_ids)

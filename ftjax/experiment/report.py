@@ -187,7 +187,8 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
 
   a, b = pair("accuracy", "accuracy")
   extra = "; ".join(f"{arm} {_ci(arms[arm], 'accuracy')}" for arm in
-                    ("prompted_rag", "finetuned_rag", "raft", "cag", "base") if arm in arms)
+                    ("prompted_rag", "finetuned_rag", "raft", "raft_oracle", "raft_closed_book", "cag", "base")
+                    if arm in arms)
   rows.append(("Quality in specialization", a, b, tuned_note(
       paired_note(summary, "finetuned", "rag", "accuracy",
                   "fine-tuned more accurate than RAG",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
+from ftjax.arms import registry as arm_registry
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import report as report_lib
@@ -97,7 +98,8 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   for key, reason in data.missing.items():
     skipped.setdefault(f"data.{key}", reason)
   trained = {}
-  for kind, arm_names in (("finetuned", ("finetuned", "finetuned_rag")), ("raft", ("raft",))):
+  for kind in ("finetuned", "raft"):  # each training recipe once, for every arm it answers
+    arm_names = [a for a in config_lib.TUNED_ARMS if arm_registry.get(a).weights == kind]
     if any(a in config.arms and a not in skipped for a in arm_names):
       trained[kind] = [train_stage(ctx, kind, s)[1] for s in range(config.num_seeds)]
   index = None

@@ -27,6 +27,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from ftjax.arms import registry as arm_registry
 from ftjax.evaluation import qa as scoring
 from ftjax.evaluation import security as metrics
 from ftjax.experiment import data as data_lib
@@ -289,7 +290,8 @@ def canary_leakage(ctx) -> dict:
                    "NN-NN-NN-NN", "models": {}}
   out["models"]["base"] = _canary_summary(canary_stage(
       ctx, "base", ctx.model_key, ctx.base_model)["canaries"], "nowhere (untrained reference)")
-  kinds = {"finetuned": ("finetuned", "finetuned_rag"), "raft": ("raft",)}
+  kinds = {k: tuple(a for a in config_lib.TUNED_ARMS if arm_registry.get(a).weights == k)
+           for k in ("finetuned", "raft")}
   for kind, arms in kinds.items():
     if any(a in c.arms for a in arms):
       folder, trained = stages.train_stage(ctx, kind, 0)

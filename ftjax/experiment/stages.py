@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from ftjax.arms.base import Answer, ChatAnswerer
+from ftjax.arms import registry as arm_registry
+from ftjax.arms.base import Answer
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
@@ -212,34 +213,70 @@ def finetune_examples(ctx: Context) -> list[list[dict]]:
 
 
 def raft_examples(ctx: Context, seed: int) -> tuple[list[list[dict]], dict]:
-  """RAFT (Zhang et al. 2024): each training example's question with its oracle document and
-  distractors in the RAG prompt; examples without a doc_id are counted, not dropped silently."""
+  """RAFT (Zhang et al. 2024): each training example's question with its oracle document among
+  distractors in the RAG prompt (`raft.distractors`: the retriever's top hits, or random
+  documents); in `1 - raft.oracle_fraction` of them the oracle is left out. With `raft.evidence`
+  the target quotes the oracle's sentence that holds the answer, then answers. Built from the
+  training examples the fine-tuned arm sees (held-out dev phrasings stay out); examples without
+  a `doc_id` are counted, not dropped silently."""
   from ftjax.data import raft
-  from ftjax.data.sources import iter_jsonl
   from ftjax.retrieval.corpus import QAPair
   config = ctx.config
   passages = {d.doc_id: d.text for d in ctx.data.docs}
-  pairs, without_doc = [], 0
-  for _, row in iter_jsonl(config.data.train):
-    if isinstance(row, dict) and "input" in row and "output" in row and row.get("doc_id"):
-      pairs.append(QAPair(str(row["input"]), str(row["output"]), str(row["doc_id"])))
+  pairs, gold, without_doc = [], [], 0
+  questions = ctx.data.train_questions or [None] * len(ctx.data.train)
+  doc_ids = ctx.data.train_doc_ids or [None] * len(ctx.data.train)
+  for messages, doc_id, question in zip(ctx.data.train, doc_ids, questions):
+    if doc_id in passages and len(messages) >= 2 and messages[-1]["role"] == "assistant":
+      pairs.append(QAPair(messages[-2]["content"], messages[-1]["content"], doc_id))
+      gold.append(question.answer if question is not None else None)
     else:
       without_doc += 1
+  negatives, searched = None, 0
+  if config.raft.distractors == "retrieved" and pairs:
+    index = open_index(ctx, index_stage(ctx)[0] / "index")
+    hits = search_fn(ctx, index)([p.question for p in pairs],
+                                 4 * config.raft.num_distractors + 4)
+    ranked = {p.question: [h.doc_id for h in hit] for p, hit in zip(pairs, hits)}
+    searched = len(ranked)
+    negatives = lambda question: ranked.get(question, [])  # noqa: E731
+  evidence = None
+  if config.raft.evidence:
+    evidence = [None if answer is None else evidence_sentence(passages[p.doc_id], answer)
+                for p, answer in zip(pairs, gold)]
   examples = raft.build_examples(pairs, passages, num_distractors=config.raft.num_distractors,
                                  oracle_fraction=config.raft.oracle_fraction, seed=seed,
-                                 instruction=config.prompt.rag_instruction)
-  conversations = [e.messages for e in data_lib.subsample(examples, config.raft.max_examples,
-                                                          seed)]
+                                 instruction=config.prompt.rag_instruction,
+                                 negatives=negatives, evidence=evidence,
+                                 evidence_template=config.raft.evidence_template)
+  kept = data_lib.subsample(examples, config.raft.max_examples, seed)
+  conversations = [e.messages for e in kept]
   if config.data.use_decline:  # declining when no passage covers the question
+    from ftjax.prompts import render_rag_prompt
     rng = random.Random(seed)
     ids = list(passages)
     for messages in ctx.data.decline_train:
       question, reply = messages[-2]["content"], messages[-1]["content"]
       chosen = rng.sample(ids, min(len(ids), config.raft.num_distractors + 1))
-      from ftjax.prompts import render_rag_prompt
       conversations.append(example_messages(render_rag_prompt(
           question, [passages[i] for i in chosen], config.prompt.rag_instruction), reply))
-  return conversations, {"examples": len(conversations), "skipped_without_doc_id": without_doc}
+  extra = {"examples": len(conversations), "skipped_without_doc_id": without_doc,
+           "distractors": config.raft.distractors,
+           "with_oracle": sum(e.oracle_included for e in kept)}
+  if evidence is not None:
+    extra["with_evidence"] = sum(e.evidence for e in kept)
+  if searched:
+    extra["retrieved_distractors_for"] = searched
+  return conversations, extra
+
+
+def evidence_sentence(text: str, answer: str) -> str | None:
+  """The first sentence of `text` that contains `answer` (as scoring reads answers), or None."""
+  import re
+  for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+    if sentence and scoring.contains_answer(sentence, answer):
+      return sentence
+  return None
 
 
 def train_key(ctx: Context, kind: str, seed: int) -> dict:
@@ -255,7 +292,11 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
                docs=ctx.data.hashes["docs"] if c.finetune_source != "examples" else None)
   else:
     key.update(raft=c.raft.to_dict(), docs=ctx.data.hashes["docs"],
-               rag_instruction=c.prompt.rag_instruction)
+               rag_instruction=c.prompt.rag_instruction, train_doc_ids=digest(
+                   ctx.data.train_doc_ids))
+    if c.raft.distractors == "retrieved":  # the retriever's hits are the distractors
+      key.update(index=index_stage(ctx)[0].name, method=c.retrieval.method,
+                 groups=sorted(c.retrieval.groups))
   return key
 
 
@@ -400,16 +441,23 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
          "system_prompt": c.prompt.system_prompt, "splits": answer_splits(ctx, arm)}
   if "train" in key["splits"]:
     key["train_questions"] = digest([q.input for q in ctx.data.questions["train"]])
-  if arm in ("prompted", "prompted_rag"):
+  spec = arm_registry.get(arm)
+  if spec.styled:
     key.update(style_instruction=c.style.instruction, few_shot=c.prompt.num_few_shot,
                train=ctx.data.hashes["train"])
-  if arm in config_lib.RETRIEVAL_ARMS:
-    key.update(index=index_folder.name, method=c.retrieval.method, k=c.retrieval.k,
-               max_prompt_tokens=c.retrieval.max_prompt_tokens,
+  if spec.uses_index:
+    key.update(max_prompt_tokens=c.retrieval.max_prompt_tokens,
                instruction=c.prompt.rag_instruction)
-  if arm == "cag":
+  if spec.passages == "retrieved":
+    key.update(index=index_folder.name, method=c.retrieval.method, k=c.retrieval.k)
+  if spec.passages == "oracle":  # the whole documents; the retriever only picks distractors
+    key.update(docs=ctx.data.hashes["docs"], test_distractors=test_distractors(ctx),
+               distractors=c.raft.distractors)
+    if c.raft.distractors == "retrieved":
+      key.update(index=index_folder.name, method=c.retrieval.method)
+  if spec.passages == "corpus":
     key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction)
-  if c.retrieval.groups and (arm in config_lib.RETRIEVAL_ARMS or arm == "cag"):
+  if c.retrieval.groups and spec.passages != "none":
     key.update(groups=sorted(c.retrieval.groups))
   return key
 
@@ -423,30 +471,41 @@ def answer_splits(ctx: Context, arm: str) -> list[str]:
   return splits
 
 
-def make_answerer(ctx: Context, arm: str, model, index=None):
+def prompting(ctx: Context) -> arm_registry.Prompting:
   c = ctx.config
-  sampling = ctx.sampling()
-  system = c.prompt.system_prompt
-  if arm in ("base", "finetuned"):
-    return ChatAnswerer(arm, model, sampling, system_prompt=system)
-  if arm == "prompted":
-    instruction = "\n\n".join(p for p in (system, c.style.instruction) if p)
-    return ChatAnswerer(arm, model, sampling, system_prompt=instruction, few_shot=_few_shot(ctx))
-  if arm in config_lib.RETRIEVAL_ARMS:
-    from ftjax.arms.rag import RagAnswerer
-    few_shot = ()
-    if arm == "prompted_rag":  # prompt engineering and retrieval together: equal prompt effort
-      system = "\n\n".join(p for p in (system, c.style.instruction) if p)
-      few_shot = _few_shot(ctx)
-    return RagAnswerer(arm, model, search_fn(ctx, index), sampling, k=c.retrieval.k,
-                       max_prompt_tokens=c.retrieval.max_prompt_tokens,
-                       instruction=c.prompt.rag_instruction, system_prompt=system,
-                       few_shot=few_shot)
-  if arm == "cag":
-    from ftjax.arms.cag import CagAnswerer
-    return CagAnswerer(arm, model, [(d.title, d.text) for d in visible_docs(ctx)], sampling,
-                       instruction=c.prompt.cag_instruction, system_prompt=system)
-  raise ValueError(f"unknown arm {arm!r}")
+  return arm_registry.Prompting(
+      system_prompt=c.prompt.system_prompt, style_instruction=c.style.instruction,
+      few_shot=tuple(_few_shot(ctx)), k=c.retrieval.k,
+      max_prompt_tokens=c.retrieval.max_prompt_tokens, rag_instruction=c.prompt.rag_instruction,
+      cag_instruction=c.prompt.cag_instruction)
+
+
+def test_distractors(ctx: Context) -> int:
+  """How many distractors accompany the oracle document in RAFT's test condition."""
+  r = ctx.config.raft
+  return r.num_distractors if r.test_distractors < 0 else r.test_distractors
+
+
+def make_oracle_search(ctx: Context, index=None):
+  """RAFT's test condition: each question's own document among distractors (see
+  `ftjax.arms.rag.oracle_search`), over the documents the caller may see."""
+  from ftjax.arms.rag import oracle_search
+  r = ctx.config.raft
+  documents = {d.doc_id: (d.text, d.acl) for d in visible_docs(ctx)}
+  doc_of = {q.input: q.doc_id for s in ctx.data.questions.values() for q in s if q.doc_id}
+  return oracle_search(search_fn(ctx, index) if index is not None else None, documents,
+                       doc_of, test_distractors(ctx), distractors=r.distractors, seed=ctx.config.seed)
+
+
+def make_answerer(ctx: Context, arm: str, model, index=None):
+  """The answerer of `arm` as the registry declares it (`ftjax.arms.registry`)."""
+  spec = arm_registry.get(arm)
+  search = search_fn(ctx, index) if spec.passages == "retrieved" else None
+  oracle = make_oracle_search(ctx, index) if spec.passages == "oracle" else None
+  documents = ([(d.title, d.text) for d in visible_docs(ctx)] if spec.passages == "corpus"
+               else ())
+  return arm_registry.build(spec, model, ctx.sampling(), prompting(ctx), search=search,
+                            oracle_search=oracle, documents=documents)
 
 
 def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Question], label: str,
@@ -495,7 +554,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
   index_folder = index_stage(ctx)[0] if arm in config_lib.RETRIEVAL_ARMS else None
   selected = None
   if arm in config_lib.TUNED_ARMS:
-    kind = "raft" if arm == "raft" else "finetuned"
+    kind = arm_registry.get(arm).weights
     train_folder, trained = train_stage(ctx, kind, seed)
     selected = trained.get("selected_step")
     model_key = {"train": train_folder.name, "step": selected}
@@ -507,7 +566,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
         else ctx.base_model()
     index = open_index(ctx, index_folder / "index") if index_folder else None
     answerer = make_answerer(ctx, arm, model, index)
-    if arm == "cag":
+    if arm_registry.get(arm).passages == "corpus":
       questions = [q for s in SPLITS for q in ctx.data.questions.get(s, [])]
       reason = answerer.does_not_fit([q.input for q in questions])
       if reason:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from ftjax.evaluation import qa as scoring
 from ftjax.evaluation import stats
+from ftjax.arms import registry as arm_registry
 from ftjax.experiment import config as config_lib
 
 # Rates shown per arm; each has `_ci` and `_n` in the summary when it applies.
@@ -193,7 +194,7 @@ def build(config, rows: list[dict], measured: dict, model_cfg=None) -> dict:
     by_arm[arm] = [r for r in arm_rows if r["split"] in ANSWER_SPLITS]
   budgets = {}
   for arm in config_lib.TUNED_ARMS:
-    kind = "raft" if arm == "raft" else "finetuned"
+    kind = arm_registry.get(arm).weights
     if arm in arms and measured["train"].get(kind):
       budgets[arm] = budget(measured["train"][kind], arms[arm],
                             config.finetune.learned_threshold)
