@@ -108,6 +108,13 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   arms = summary["arms"]
   assert arms["rag"]["prompt_tokens"] > arms["base"]["prompt_tokens"]
   assert arms["cag"]["cached_tokens"] > 0
+  # CAG's corpus against its usable context, its prefill time; TTFT and decode for every arm.
+  cag = arms["cag"]["cag"]
+  assert cag["documents"] == len(FACTS) and cag["corpus_tokens"] > 0 and cag["prefill_s"] > 0
+  assert cag["context_source"] == "the model's max_position_embeddings"
+  for arm in arms:
+    assert arms[arm]["latency_s"]["n"] == arms[arm]["ttft_s"]["n"] == 1, arm
+    assert 0 < arms[arm]["ttft_s"]["p50"] <= arms[arm]["latency_s"]["p50"], arm
   assert set(summary["update"]) == {"rag", "finetuned"}
   assert summary["update"]["rag"]["update_accuracy"] is not None
   assert summary["cost"]["train"]["finetuned"]["flops"] > 0
@@ -287,6 +294,8 @@ def test_bad_data_is_a_clear_error_at_start(tmp_path, domain, mutate, message):
     ("finetune.select", "best", "finetune.select"),
     ("finetune.select", "best_dev", "finetune.select: best_dev needs"),
     ("raft.distractors", "hard", "raft.distractors"),
+    ("cag.corpus_fraction", 1.5, "cag.corpus_fraction"),
+    ("cag.max_context_tokens", -1, "cag.max_context_tokens"),
     ("raft.test_distractors", -2, "raft.test_distractors"),
     ("raft.evidence_template", "{answer}", "raft.evidence_template: must contain {evidence}"),
 ])
@@ -407,3 +416,30 @@ def test_cli_user_errors_are_one_line(tmp_path, override, message):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert "Traceback" not in result.stderr
+
+
+def test_cag_corpus_fraction_and_usable_context(tiny_llama_folder, domain, tmp_path):
+  """`cag.corpus_fraction` keeps every answering document and that share of the others;
+  `cag.max_context_tokens` below the corpus skips CAG with the reason naming the key."""
+  import dataclasses
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.stages import Context, Progress, cag_docs
+  config = tiny_config("m", domain)
+  data = data_lib.load(config.data)
+  extra = [dataclasses.replace(data.docs[0], doc_id=f"x{i}", text=f"Filler {i}.")
+           for i in range(10)]
+  data.docs = data.docs + extra
+  ctx = Context(config, data, StageCache(tmp_path), Progress())
+  assert len(cag_docs(ctx)) == len(FACTS) + 10
+  config.cag.corpus_fraction = 0.3
+  kept = [d.doc_id for d in cag_docs(ctx)]
+  assert kept[:len(FACTS)] == [f[0] for f in FACTS] and len(kept) == len(FACTS) + 3
+  config.cag.corpus_fraction = 0.0
+  assert [d.doc_id for d in cag_docs(ctx)] == [f[0] for f in FACTS]
+
+  config = tiny_config(tiny_llama_folder, domain, arms=("cag",),
+                       **{"cag.max_context_tokens": 64})
+  config.data.updates = ""
+  summary = run(config, tmp_path / "run")
+  assert "cag.max_context_tokens" in summary["skipped"]["cag"]

@@ -202,3 +202,21 @@ def test_generate_cli_reports_bad_model(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "no such model folder" in err
   assert "Traceback" not in err
+
+
+def test_timed_splits_first_token_from_decode(tiny):
+  from ftjax.generation.decoding import timed
+  _, model = tiny
+  prompts = [[11, 12, 13, 14, 15, 16, 17]]  # a prompt length no other test compiles
+  run = lambda: generate_ids(model.config, model.params, prompts,  # noqa: E731
+                             SamplingConfig(max_new_tokens=9), eos_ids=[], pad_id=0)
+  with timed() as first:
+    out = run()
+  with timed() as again:
+    assert run() == out
+  assert first.compiled and not again.compiled  # a new shape compiles once
+  assert again.calls == 1 and again.new_tokens == len(out[0]) == 9
+  assert again.prefill_s > 0 and again.decode_s > 0
+  assert again.decode_tokens_per_s == pytest.approx(8 / again.decode_s)
+  run()  # outside the block nothing is recorded
+  assert again.calls == 1

@@ -77,6 +77,7 @@ class Prompting:
   max_prompt_tokens: int = 1024
   rag_instruction: str = ""
   cag_instruction: str = ""
+  cag_max_context_tokens: int = 0  # 0: the model's max_position_embeddings
 
 
 def build(arm: Arm | str, model, sampling, prompting: Prompting, *,
@@ -104,4 +105,4 @@ def build(arm: Arm | str, model, sampling, prompting: Prompting, *,
                        system_prompt=system, few_shot=few_shot)
   from ftjax.arms.cag import CagAnswerer
   return CagAnswerer(arm.name, model, documents, sampling, instruction=p.cag_instruction,
-                     system_prompt=system)
+                     system_prompt=system, max_context_tokens=p.cag_max_context_tokens)

@@ -84,7 +84,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.sampling.top_k = 0
   c.sampling.top_p = 1.0
   c.sampling.batch_size = 32  # questions per generate call
-  c.sampling.latency_questions = 4  # questions answered one at a time for latency p50/p95
+  c.sampling.latency_questions = 30  # eval questions answered one at a time: latency, TTFT, decode
 
   c.retrieval = ml_collections.ConfigDict()
   c.retrieval.method = "hybrid"  # bm25 | dense | hybrid
@@ -96,6 +96,14 @@ def experiment_config() -> ml_collections.ConfigDict:
   # The caller's groups: documents with an "acl" are retrieved (and put in CAG's prompt) only for
   # a caller in one of their groups; () sees public documents only.
   c.retrieval.groups = ()
+
+  # CAG: the corpus prefilled into a KV cache. `corpus_fraction` < 1 keeps every document that
+  # answers a question plus that fraction of the others (seeded): sweep it for accuracy and
+  # latency against corpus size. `max_context_tokens` is the context the model is trusted to use
+  # (0: its max_position_embeddings; models are often trained on less than they accept).
+  c.cag = ml_collections.ConfigDict()
+  c.cag.corpus_fraction = 1.0
+  c.cag.max_context_tokens = 0
 
   # The training recipe of the fine-tuned arms (LoRA by default).
   c.finetune = base_config()
@@ -198,6 +206,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("{evidence}", "{answer}"):
     if field not in config.raft.evidence_template:
       raise ConfigError(f"config key raft.evidence_template: must contain {field}")
+  if not 0 <= config.cag.corpus_fraction <= 1:
+    raise ConfigError(f"config key cag.corpus_fraction: must be in [0, 1], got "
+                      f"{config.cag.corpus_fraction}")
+  if config.cag.max_context_tokens < 0:
+    raise ConfigError(f"config key cag.max_context_tokens: must be >= 0 (0: the model's "
+                      f"context), got {config.cag.max_context_tokens}")
   if not 0 <= config.raft.oracle_fraction <= 1:
     raise ConfigError(f"config key raft.oracle_fraction: must be in [0, 1], got "
                       f"{config.raft.oracle_fraction}")

@@ -68,17 +68,31 @@ ARM_COLUMNS = (("accuracy", "accuracy"), ("em", "EM"), ("f1", "F1"), ("style_rat
                ("citation_accuracy", "citation"), ("attribution_rate", "attribution"))
 
 
+def cag_note(arms: dict) -> str:
+  """CAG's corpus against its context, its prefill and time to first token."""
+  cag = (arms.get("cag") or {}).get("cag")
+  if not cag:
+    return ""
+  ttft = (arms["cag"].get("ttft_s") or {}).get("p50")
+  return (f"; CAG: {cag['documents']} documents, {cag['corpus_tokens']:,} corpus tokens of a "
+          f"usable context of {cag['context']:,} ({cag['context_source']}), prefilled once in "
+          f"{cag['prefill_s']:.2f} s, first token after {_num(ttft, '{:.2f}')} s (p50)")
+
+
 def arms_table(summary: dict) -> list[str]:
   """One row per arm: every rate with its 95% interval (Wilson over questions), n and seeds."""
   header = [label for _, label in ARM_COLUMNS] + ["prompt tokens", "new tokens",
-                                                  "latency p50 / p95 (s)", "questions", "seeds"]
+                                                  "latency p50 / p95 (s)", "first token p50 (s)",
+                                                  "decode tok/s", "questions", "seeds"]
   lines = ["| arm | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
   for arm, m in summary["arms"].items():
     lat = m.get("latency_s") or {}
     cells = [_ci(m, key) for key, _ in ARM_COLUMNS]
     cells += [_num(m.get("prompt_tokens")), _num(m.get("new_tokens")),
               f"{_num(lat.get('p50'), '{:.2f}')} / {_num(lat.get('p95'), '{:.2f}')} "
-              f"(n={lat.get('n', 'n/a')})", str(m.get("n_questions")), str(m.get("seeds"))]
+              f"(n={lat.get('n', 'n/a')})", _num((m.get("ttft_s") or {}).get("p50"), "{:.2f}"),
+              _num(m.get("decode_tokens_per_s"), "{:.1f}"), str(m.get("n_questions")),
+              str(m.get("seeds"))]
     lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   for arm, reason in summary.get("skipped", {}).items():
     if not arm.startswith(("data.", "update_")):
@@ -226,7 +240,7 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
                  f"FLOPs, {r_['seconds_per_question']:.2f} s per question; index of "
                  f"{(index or {}).get('chunks', 'n/a')} chunks",
                  "per question, fine-tuning reads fewer tokens; RAG's corpus grows without "
-                 "retraining, fine-tuning's knowledge grows only by training"))
+                 "retraining, fine-tuning's knowledge grows only by training" + cag_note(arms)))
   else:
     rows.append(("Scalability", "n/a", "n/a", note(None, "", "")))
   rows.append(("Transparency", "no sources: answers cannot be traced to a document",

@@ -456,7 +456,8 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
     if c.raft.distractors == "retrieved":
       key.update(index=index_folder.name, method=c.retrieval.method)
   if spec.passages == "corpus":
-    key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction)
+    key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction,
+               cag=c.cag.to_dict())
   if c.retrieval.groups and spec.passages != "none":
     key.update(groups=sorted(c.retrieval.groups))
   return key
@@ -477,7 +478,7 @@ def prompting(ctx: Context) -> arm_registry.Prompting:
       system_prompt=c.prompt.system_prompt, style_instruction=c.style.instruction,
       few_shot=tuple(_few_shot(ctx)), k=c.retrieval.k,
       max_prompt_tokens=c.retrieval.max_prompt_tokens, rag_instruction=c.prompt.rag_instruction,
-      cag_instruction=c.prompt.cag_instruction)
+      cag_instruction=c.prompt.cag_instruction, cag_max_context_tokens=c.cag.max_context_tokens)
 
 
 def test_distractors(ctx: Context) -> int:
@@ -497,12 +498,25 @@ def make_oracle_search(ctx: Context, index=None):
                        doc_of, test_distractors(ctx), distractors=r.distractors, seed=ctx.config.seed)
 
 
+def cag_docs(ctx: Context) -> list[data_lib.Doc]:
+  """The documents in CAG's cache: the visible ones, or with `cag.corpus_fraction` < 1 every
+  document that answers a question plus that fraction of the others (seeded, in corpus order)."""
+  docs = visible_docs(ctx)
+  fraction = ctx.config.cag.corpus_fraction
+  if fraction >= 1:
+    return docs
+  answering = {q.doc_id for s in ctx.data.questions.values() for q in s if q.doc_id}
+  others = [d.doc_id for d in docs if d.doc_id not in answering]
+  kept = set(random.Random(ctx.config.seed).sample(others, round(fraction * len(others))))
+  return [d for d in docs if d.doc_id in answering or d.doc_id in kept]
+
+
 def make_answerer(ctx: Context, arm: str, model, index=None):
   """The answerer of `arm` as the registry declares it (`ftjax.arms.registry`)."""
   spec = arm_registry.get(arm)
   search = search_fn(ctx, index) if spec.passages == "retrieved" else None
   oracle = make_oracle_search(ctx, index) if spec.passages == "oracle" else None
-  documents = ([(d.title, d.text) for d in visible_docs(ctx)] if spec.passages == "corpus"
+  documents = ([(d.title, d.text) for d in cag_docs(ctx)] if spec.passages == "corpus"
                else ())
   return arm_registry.build(spec, model, ctx.sampling(), prompting(ctx), search=search,
                             oracle_search=oracle, documents=documents)
@@ -537,16 +551,24 @@ def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Questi
   return answers, time.perf_counter() - started, batch_seconds
 
 
-def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) -> list[float]:
-  """Seconds per question answered alone (batch 1), after a warm-up call per question that
-  compiles its prompt-length bucket: what one user waits, without compilation."""
-  latencies = []
+def measure_latency(answerer, questions: Sequence[data_lib.Question], n: int) -> list[dict]:
+  """Each of the first `n` questions answered alone (batch 1), what one user waits: total
+  seconds, time to first token (prefill) and decode tokens/s. A call that compiled (a new
+  prompt-length bucket) is timed again, so no figure includes compilation."""
+  from ftjax.generation.decoding import timed
+  out = []
   for q in questions[:n]:
-    answerer.answer([q.input])
-    started = time.perf_counter()
-    answerer.answer([q.input])
-    latencies.append(time.perf_counter() - started)
-  return latencies
+    for _ in range(2):
+      with timed() as timing:
+        started = time.perf_counter()
+        answerer.answer([q.input])
+        seconds = time.perf_counter() - started
+      if not timing.compiled:
+        break
+    out.append({"seconds": seconds, "ttft_s": timing.prefill_s if timing.calls else None,
+                "decode_tokens_per_s": timing.decode_tokens_per_s,
+                "new_tokens": timing.new_tokens})
+  return out
 
 
 def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
@@ -582,8 +604,11 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
       out[s] = [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
     latency = measure_latency(answerer, ctx.data.questions["eval"],
                               ctx.config.sampling.latency_questions)
+    extra = {}
+    if arm_registry.get(arm).passages == "corpus":  # the corpus's size and its prefill
+      extra["cag"] = {**answerer.describe(), "prefill_s": answerer.prefill_seconds()}
     (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
-    return {"seconds": seconds, "questions": total, "latency_s": latency,
+    return {**extra, "seconds": seconds, "questions": total, "latency_s": latency,
             "seconds_per_question_by_batch": batch_seconds,
             "peak_rss_gb": peak_rss_gb()}
   return ctx.cache.run(f"answers-{arm}" + ("" if seed is None else f"-s{seed}"),

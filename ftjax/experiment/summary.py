@@ -176,6 +176,20 @@ def budget(train_results: list[dict], arm_summary: dict, threshold: float) -> di
           "learning_curves": [r.get("learning_curve") or [] for r in train_results]}
 
 
+def latency_summary(measures: list) -> dict:
+  """p50/p95 of the seconds per question answered alone and of the time to first token, and the
+  median decode tokens/s, each with n (an older cache holds plain seconds)."""
+  rows = [m if isinstance(m, dict) else {"seconds": m} for m in measures]
+
+  def spread(key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return {"p50": scoring.percentile(values, 50), "p95": scoring.percentile(values, 95),
+            "n": len(values)}
+  decode = [r["decode_tokens_per_s"] for r in rows if r.get("decode_tokens_per_s")]
+  return {"latency_s": spread("seconds"), "ttft_s": spread("ttft_s"),
+          "decode_tokens_per_s": scoring.percentile(decode, 50) if decode else None}
+
+
 def build(config, rows: list[dict], measured: dict, model_cfg=None) -> dict:
   """The summary of one run (no sweep): per-arm metrics with intervals, paired comparisons, the
   tuned arms' budgets, knowledge updates, cost and what was skipped."""
@@ -188,9 +202,9 @@ def build(config, rows: list[dict], measured: dict, model_cfg=None) -> dict:
       continue
     seeds = sorted({r["seed"] for r in arm_rows}, key=lambda s: -1 if s is None else s)
     arms[arm] = _arm(arm_rows, seeds)
-    latency = measured["latency"].get(arm, [])
-    arms[arm]["latency_s"] = {"p50": scoring.percentile(latency, 50),
-                              "p95": scoring.percentile(latency, 95), "n": len(latency)}
+    arms[arm].update(latency_summary(measured["latency"].get(arm, [])))
+    if (measured["stages"].get(arm) or {}).get("cag"):
+      arms[arm]["cag"] = measured["stages"][arm]["cag"]
     by_arm[arm] = [r for r in arm_rows if r["split"] in ANSWER_SPLITS]
   budgets = {}
   for arm in config_lib.TUNED_ARMS:

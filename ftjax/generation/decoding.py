@@ -11,9 +11,12 @@ prefix reads exactly `prefix + prompt` while the batch's cache holds only prompt
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from typing import Any, Sequence
+import time
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,45 @@ from ftjax.models.transformer import Transformer, init_cache
 
 # Cache lengths are rounded up to a multiple of this, so that fewer shapes compile.
 LENGTH_MULTIPLE = 32
+
+
+@dataclasses.dataclass
+class Timing:
+  """Where generation's time went, summed over the `generate_ids` calls inside `timed()`.
+
+  `prefill_s` is the time to first token (the prompt's forward pass up to the first token's
+  logits), `decode_s` the rest; `compiled` says a call compiled, so its times include XLA
+  compilation and should be measured again."""
+  prefill_s: float = 0.0
+  decode_s: float = 0.0
+  new_tokens: int = 0
+  calls: int = 0
+  compiled: bool = False
+
+  @property
+  def decode_tokens_per_s(self) -> float | None:
+    # the first token comes from the prefill's logits; the rest from decode steps
+    steps = self.new_tokens - self.calls
+    return steps / self.decode_s if self.decode_s > 0 and steps > 0 else None
+
+
+_TIMING: contextvars.ContextVar[Timing | None] = contextvars.ContextVar("timing", default=None)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Timing]:
+  """Records prefill and decode seconds of every generation inside the block (blocking on the
+  results, as a user waiting for the answer would)."""
+  timing = Timing()
+  token = _TIMING.set(timing)
+  try:
+    yield timing
+  finally:
+    _TIMING.reset(token)
+
+
+def _compilations() -> int:
+  return prefill._cache_size() + decode._cache_size()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +283,14 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
   if prefix is not None:
     prefix_cache = prefix.cache
     prefix_valid = jnp.asarray(np.arange(prefix.slots) < prefix.length)
+  timing = _TIMING.get()
+  if timing is not None:
+    compiled_before, started = _compilations(), time.perf_counter()
   logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
                           prefix_cache, prefix_valid)
+  if timing is not None:
+    logits.block_until_ready()
+    first_token = time.perf_counter()
   out, lengths, _ = decode(
       cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid, jnp.int32(prompt_len),
       jax.random.PRNGKey(sampling.seed), jnp.float32(sampling.temperature),
@@ -250,4 +298,10 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
       jnp.int32(pad_id), prefix_cache, prefix_valid,
       max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy, top_k=sampling.top_k)
   out, lengths = np.asarray(out), np.asarray(lengths)
+  if timing is not None:
+    timing.prefill_s += first_token - started
+    timing.decode_s += time.perf_counter() - first_token
+    timing.new_tokens += int(lengths.sum())
+    timing.calls += batch
+    timing.compiled |= _compilations() != compiled_before
   return [out[row, :lengths[row]].tolist() for row in range(batch)]
