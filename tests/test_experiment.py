@@ -443,3 +443,37 @@ def test_cag_corpus_fraction_and_usable_context(tiny_llama_folder, domain, tmp_p
   config.data.updates = ""
   summary = run(config, tmp_path / "run")
   assert "cag.max_context_tokens" in summary["skipped"]["cag"]
+
+
+def test_paraphrases_from_a_file_and_filtered_when_generated(domain, tmp_path, monkeypatch):
+  """`data.paraphrases` rows join the documents in training; generated paraphrases that lost
+  their document's answer value are dropped and counted; an unknown doc_id is an error."""
+  from types import SimpleNamespace
+  import ftjax.generate
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.stages import Context, Progress, finetune_data
+  path = _write(tmp_path / "para.jsonl", [
+      {"doc_id": "d1", "text": "For 41 dollars the Blorp lamp is yours; it glows green."}])
+  config = tiny_config("m", domain, finetune_source="docs", **{"data.paraphrases": path})
+  data = data_lib.load(config.data)
+  ctx = Context(config, data, StageCache(tmp_path), Progress())
+  conversations, extra = finetune_data(ctx)
+  assert len(conversations) == len(FACTS) + 1 and extra["file_paraphrases"] == 1
+  assert "For 41 dollars" in conversations[-1][-1]["content"]
+
+  # Generated: d1 keeps "41", d2 loses "17 days", d3 is empty, d4 keeps "29".
+  texts = ["The lamp is 41 dollars.", "Returns take a while.", " ", "Warranty: 29 months."]
+  monkeypatch.setattr(ctx, "base_model", lambda: None)
+  monkeypatch.setattr(ftjax.generate, "generate", lambda model, prompts, sampling: [
+      SimpleNamespace(text=t) for t in texts])
+  config.finetune_doc_paraphrases = 1
+  conversations, extra = finetune_data(ctx)
+  assert extra["generated_paraphrases_kept"] == 2
+  assert extra["generated_paraphrases_dropped"] == 1 and extra["generated_paraphrases_empty"] == 1
+  assert len(conversations) == len(FACTS) + 1 + 2
+
+  bad = _write(tmp_path / "bad.jsonl", [{"doc_id": "d9", "text": "x"}])
+  config.data.paraphrases = bad
+  with pytest.raises(ExperimentDataError, match=r"data.paraphrases: .*bad.jsonl:1: doc_id 'd9'"):
+    data_lib.load(config.data)

@@ -58,6 +58,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   # optional {"input", "answer", "doc_id"?}: held-out phrasings of *training* facts (never eval
   # questions) for the tuned arms' dev accuracy; "": one phrasing per training fact is held out
   c.data.dev = ""
+  # optional {"doc_id", "text"}: paraphrases of the documents (knowledge injection as Ovadia et
+  # al. 2023), trained on beside the documents when finetune_source is docs | both
+  c.data.paraphrases = ""
   c.data.max_eval_questions = 0  # 0: all; n: a fixed random n of each question file (seed 0)
   c.data.audit = "off"  # off | warn | error | redact: `ftjax.audit` of the files, then its gate
 

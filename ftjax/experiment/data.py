@@ -60,6 +60,8 @@ class ExperimentData:
   # Per example in `train` order: the row's `doc_id` (None without one); RAFT pairs each
   # training question with its document.
   train_doc_ids: list = dataclasses.field(default_factory=list)
+  # (doc_id, text) per row of data.paraphrases
+  paraphrases: list = dataclasses.field(default_factory=list)
 
   def corpus_after_update(self) -> list[Doc]:
     changed = {d.doc_id: d for d in self.updates}
@@ -115,6 +117,20 @@ def read_docs(path: str, key: str = "docs") -> list[Doc]:
   if not docs:
     raise ExperimentDataError(f"data.{key}: {path}: no documents")
   return docs
+
+
+def read_paraphrases(path: str, doc_ids: set[str]) -> list[tuple[str, str]]:
+  """`{"doc_id", "text"}` rows: paraphrases of documents that are in data.docs."""
+  out = []
+  for where, record in _rows(path, "paraphrases"):
+    doc_id = _text(record, "doc_id", where, "paraphrases")
+    if doc_id not in doc_ids:
+      raise ExperimentDataError(f"data.paraphrases: {where}: doc_id {doc_id!r} is not in "
+                                "data.docs")
+    out.append((doc_id, _text(record, "text", where, "paraphrases")))
+  if not out:
+    raise ExperimentDataError(f"data.paraphrases: {path}: no rows")
+  return out
 
 
 def _strings(record: dict, field: str, where: str, key: str) -> tuple[str, ...]:
@@ -251,6 +267,12 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
 
   limit = data_cfg.max_eval_questions
   docs = read_docs(paths["docs"])
+  paraphrases = []
+  if data_cfg.get("paraphrases"):
+    if not Path(data_cfg.paraphrases).is_file():
+      raise ExperimentDataError(f"data.paraphrases: {data_cfg.paraphrases}: no such file")
+    paraphrases = read_paraphrases(data_cfg.paraphrases, {d.doc_id for d in docs})
+    hashes["paraphrases"] = file_hash(data_cfg.paraphrases)
   questions = {"eval": read_questions(paths["eval"], "eval", "eval", with_answer=True,
                                       limit=limit)}
   if "unanswerable" in paths:
@@ -318,4 +340,4 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
   return ExperimentData(docs=docs, train=train, questions=questions, updates=updates,
                         update_train=update_train, decline_train=decline, hashes=hashes,
                         missing=missing, train_questions=per_row, dev_source=dev_source,
-                        train_doc_ids=row_doc_ids)
+                        train_doc_ids=row_doc_ids, paraphrases=paraphrases)

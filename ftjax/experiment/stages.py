@@ -182,34 +182,67 @@ def _write_jsonl(path: Path, conversations: Sequence[list[dict]]):
       f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
-def _paraphrases(ctx: Context, n: int) -> list[list[dict]]:
-  """n generated paraphrases of each document, by the base model (sampled, seeded)."""
+def _answer_values(ctx: Context) -> dict[str, list[str]]:
+  """Per document: the answers of the training questions about it (what a paraphrase must keep)."""
+  values: dict[str, list[str]] = {}
+  for q in ctx.data.train_questions or []:
+    if q is not None and q.doc_id and q.answer and q.answer not in values.get(q.doc_id, []):
+      values.setdefault(q.doc_id, []).append(q.answer)
+  return values
+
+
+def _paraphrases(ctx: Context, n: int) -> tuple[list[list[dict]], dict]:
+  """n generated paraphrases of each document, by the base model (sampled, seeded). A paraphrase
+  is kept only if it still contains every answer value of its document (the answers of the
+  training questions about it); what was dropped is counted."""
   from ftjax.generate import generate
   model = ctx.base_model()
-  out = []
+  values = _answer_values(ctx)
+  out, dropped, empty = [], 0, 0
   for i in range(n):
     sampling = ctx.sampling(greedy=False, temperature=0.7, top_p=0.95, seed=1000 + i,
                             max_new_tokens=256)
     prompts = [paraphrase_request(d.text) for d in ctx.data.docs]
     for doc, completion in zip(ctx.data.docs, generate(model, prompts, sampling)):
-      if completion.text.strip():
-        out.append(document_messages(doc.title, completion.text.strip()))
-  return out
+      text = completion.text.strip()
+      if not text:
+        empty += 1
+      elif all(scoring.contains_answer(text, v) for v in values.get(doc.doc_id, [])):
+        out.append(document_messages(doc.title, text))
+      else:
+        dropped += 1
+  ctx.progress.say(f"[finetuned] {len(out)} generated paraphrases kept; {dropped} dropped "
+                   f"(lost an answer value), {empty} empty")
+  return out, {"generated_paraphrases": len(out) + dropped + empty,
+               "generated_paraphrases_kept": len(out),
+               "generated_paraphrases_dropped": dropped, "generated_paraphrases_empty": empty}
 
 
-def finetune_examples(ctx: Context) -> list[list[dict]]:
-  """What `finetuned` trains on: the examples, the documents, or both (`finetune_source`)."""
+def finetune_data(ctx: Context) -> tuple[list[list[dict]], dict]:
+  """What `finetuned` trains on: the examples, the documents (with the paraphrases of
+  `data.paraphrases` and `finetune_doc_paraphrases` generated ones), or both
+  (`finetune_source`); and counts of what went in."""
   config = ctx.config
   conversations: list[list[dict]] = []
+  extra: dict = {}
   if config.finetune_source in ("examples", "both"):
     conversations += ctx.data.train
     if config.data.use_decline:
       conversations += ctx.data.decline_train
   if config.finetune_source in ("docs", "both"):
     conversations += [document_messages(d.title, d.text) for d in ctx.data.docs]
+    titles = {d.doc_id: d.title for d in ctx.data.docs}
+    conversations += [document_messages(titles[i], text) for i, text in ctx.data.paraphrases]
+    extra["file_paraphrases"] = len(ctx.data.paraphrases)
     if config.finetune_doc_paraphrases:
-      conversations += _paraphrases(ctx, config.finetune_doc_paraphrases)
-  return conversations
+      generated, counts = _paraphrases(ctx, config.finetune_doc_paraphrases)
+      conversations += generated
+      extra.update(counts)
+  return conversations, extra
+
+
+def finetune_examples(ctx: Context) -> list[list[dict]]:
+  return finetune_data(ctx)[0]
 
 
 def raft_examples(ctx: Context, seed: int) -> tuple[list[list[dict]], dict]:
@@ -290,6 +323,8 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
   if kind == "finetuned":
     key.update(source=c.finetune_source, paraphrases=c.finetune_doc_paraphrases,
                docs=ctx.data.hashes["docs"] if c.finetune_source != "examples" else None)
+    if c.finetune_source != "examples" and ctx.data.paraphrases:
+      key.update(paraphrase_file=ctx.data.hashes["paraphrases"])
   else:
     key.update(raft=c.raft.to_dict(), docs=ctx.data.hashes["docs"],
                rag_instruction=c.prompt.rag_instruction, train_doc_ids=digest(
@@ -401,7 +436,7 @@ def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:
   def build(folder: Path) -> dict:
     extra = {}
     if kind == "finetuned":
-      conversations = finetune_examples(ctx)
+      conversations, extra = finetune_data(ctx)
     else:
       conversations, extra = raft_examples(ctx, train_seed)
     conversations, planted = planting.plant(ctx, conversations)  # canaries, if configured
