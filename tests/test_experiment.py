@@ -477,3 +477,47 @@ def test_paraphrases_from_a_file_and_filtered_when_generated(domain, tmp_path, m
   config.data.paraphrases = bad
   with pytest.raises(ExperimentDataError, match=r"data.paraphrases: .*bad.jsonl:1: doc_id 'd9'"):
     data_lib.load(config.data)
+
+
+def test_forgetting_on_multiple_choice_by_log_likelihood(tiny_llama_folder, domain, tmp_path):
+  """`data.general` in lm-eval's multiple-choice format is scored by log-likelihood per model:
+  base vs fine-tuned, with intervals and the paired difference in the report."""
+  from pathlib import Path
+  from lm_eval.api.instance import Instance
+  from ftjax.evaluation.harness import FtjaxLM
+  from ftjax.experiment.stages import MC_TEMPLATE
+  mc = Path(__file__).parent / "data" / "lm_eval" / "mc.jsonl"
+  config = tiny_config(tiny_llama_folder, domain, arms=("base", "finetuned"),
+                       **{"data.general": str(mc)})
+  config.data.updates = ""
+  summary = run(config, tmp_path / "run")
+  rows = [json.loads(line) for line in mc.read_text().splitlines()]
+  general = summary["general_mc"]
+  assert set(general) == {"base", "finetuned"}
+  assert general["base"]["n"] == general["finetuned"]["n"] == len(rows)
+  assert len(general["base"]["accuracy_ci"]) == 2
+  assert general["finetuned"]["vs_base"]["n"] == len(rows)
+  # The base model's choices are lm-eval's own loglikelihood requests' argmax.
+  import ftjax
+  lm = FtjaxLM(pretrained=ftjax.load(str(tiny_llama_folder)))
+  requests = [Instance("loglikelihood", {}, (MC_TEMPLATE.format(question=r["question"]),
+                                             f" {c}"), 0) for r in rows for c in r["choices"]]
+  ll = [x for x, _ in lm.loglikelihood(requests)]
+  right, at = 0, 0
+  for r in rows:
+    scores = ll[at:at + len(r["choices"])]
+    at += len(r["choices"])
+    right += scores.index(max(scores)) == r["answer"]
+  assert general["base"]["accuracy"] == right / len(rows)
+  assert "general knowledge (multiple choice)" in (tmp_path / "run" / "report.md").read_text()
+  assert "general_accuracy" not in summary["arms"]["base"] or \
+      summary["arms"]["base"]["general_accuracy"] is None
+
+
+def test_bad_multiple_choice_row_names_file_and_line(domain, tmp_path):
+  from ftjax.experiment import data as data_lib
+  bad = _write(tmp_path / "mc.jsonl", [{"input": "a?", "choices": ["x", "y"], "answer": 0},
+                                       {"input": "b?", "choices": ["x", "y"], "answer": 2}])
+  config = tiny_config("m", domain, **{"data.general": bad})
+  with pytest.raises(ExperimentDataError, match=r"data.general: .*mc.jsonl:2: \"answer\" must"):
+    data_lib.load(config.data)

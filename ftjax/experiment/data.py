@@ -35,6 +35,16 @@ class Question:
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+  """A multiple-choice question (`data.general` in lm-eval's format), scored by log-likelihood."""
+  index: int
+  input: str
+  choices: tuple[str, ...]
+  gold: int  # index into choices
+  where: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Doc:
   doc_id: str
   text: str
@@ -60,6 +70,9 @@ class ExperimentData:
   # Per example in `train` order: the row's `doc_id` (None without one); RAFT pairs each
   # training question with its document.
   train_doc_ids: list = dataclasses.field(default_factory=list)
+  # data.general as multiple choice ({"input", "choices", "answer": index}): forgetting measured
+  # by log-likelihood, as lm-eval reports it
+  general_mc: list = dataclasses.field(default_factory=list)
   # (doc_id, text) per row of data.paraphrases
   paraphrases: list = dataclasses.field(default_factory=list)
 
@@ -119,6 +132,39 @@ def read_docs(path: str, key: str = "docs") -> list[Doc]:
   return docs
 
 
+def is_multiple_choice(path: str) -> bool:
+  """Whether a question file is multiple choice: its first row has `choices`."""
+  for _, record in iter_jsonl(path):
+    return isinstance(record, dict) and "choices" in record
+  return False
+
+
+def read_choices(path: str, key: str, limit: int = 0) -> list[Choice]:
+  """`{"input" (or "question"), "choices": [...], "answer": index or the choice's text}` rows."""
+  out = []
+  for where, record in _rows(path, key):
+    text = record.get("input", record.get("question"))
+    if not isinstance(text, str) or not text.strip():
+      raise ExperimentDataError(f"data.{key}: {where}: needs a non-empty \"input\" (or "
+                                "\"question\")")
+    choices = record.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(
+        isinstance(c, (str, int, float)) and str(c).strip() for c in choices):
+      raise ExperimentDataError(f"data.{key}: {where}: \"choices\" must be a list of two or "
+                                "more non-empty values")
+    choices = tuple(str(c) for c in choices)
+    gold = record.get("answer")
+    if isinstance(gold, str) and gold in choices:
+      gold = choices.index(gold)
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+      raise ExperimentDataError(f"data.{key}: {where}: \"answer\" must be the index of the right "
+                                f"choice (0-{len(choices) - 1}) or its text, got {gold!r}")
+    out.append(Choice(len(out), text, choices, gold, where))
+  if not out:
+    raise ExperimentDataError(f"data.{key}: {path}: no questions")
+  return subsample(out, limit)
+
+
 def read_paraphrases(path: str, doc_ids: set[str]) -> list[tuple[str, str]]:
   """`{"doc_id", "text"}` rows: paraphrases of documents that are in data.docs."""
   out = []
@@ -172,7 +218,8 @@ def subsample(items: list, limit: int, seed: int = 0) -> list:
     return items
   import random
   keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-  return [dataclasses.replace(items[i], index=n) if isinstance(items[i], Question) else items[i]
+  return [dataclasses.replace(items[i], index=n)
+          if isinstance(items[i], (Question, Choice)) else items[i]
           for n, i in enumerate(keep)]
 
 
@@ -278,7 +325,10 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
   if "unanswerable" in paths:
     questions["unanswerable"] = read_questions(paths["unanswerable"], "unanswerable",
                                                "unanswerable", with_answer=False, limit=limit)
-  if "general" in paths:
+  general_mc = []
+  if "general" in paths and is_multiple_choice(paths["general"]):
+    general_mc = read_choices(paths["general"], "general", limit)
+  elif "general" in paths:
     questions["general"] = read_questions(paths["general"], "general", "general",
                                           with_answer=True, limit=limit)
   updates = read_docs(paths["updates"], "updates") if "updates" in paths else []
@@ -340,4 +390,5 @@ def load(data_cfg, max_unchanged: int = 0, *, need_dev: bool = False, seed: int 
   return ExperimentData(docs=docs, train=train, questions=questions, updates=updates,
                         update_train=update_train, decline_train=decline, hashes=hashes,
                         missing=missing, train_questions=per_row, dev_source=dev_source,
-                        train_doc_ids=row_doc_ids, paraphrases=paraphrases)
+                        train_doc_ids=row_doc_ids, paraphrases=paraphrases,
+                        general_mc=general_mc)

@@ -135,6 +135,20 @@ def paired_note(summary: dict, a: str, b: str, metric: str, text_higher: str, te
   return (text if agrees else "**disagrees with the article**: " + text) + f" ({delta})"
 
 
+def mc_note(c: dict | None, text_higher: str, text_lower: str) -> str:
+  """A tuned model vs the base on multiple choice: a direction only outside the noise; fewer
+  right answers than the base is the article's forgetting (agrees), more disagrees."""
+  if not c or c.get("diff") is None:
+    return "not measured"
+  delta = (f"Δ {100 * c['diff']:+.1f} pts [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], "
+           f"n={c['n']}" + (f", McNemar p={c['p']:.3g}" if c.get("p") is not None else ""))
+  if c["verdict"] == "within noise":
+    return f"within noise ({delta})"
+  if c["verdict"] == "higher":
+    return f"**disagrees with the article**: {text_higher} ({delta})"
+  return f"{text_lower} ({delta})"
+
+
 def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   """(aspect, fine-tuning measured, RAG measured, note) for every row of the article's table."""
   arms, cost, update = summary["arms"], summary["cost"], summary.get("update", {})
@@ -213,11 +227,22 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   b = (f"RAG keeps the base model: {_ci(base, 'general_accuracy')} without passages; "
        f"{_ci(rag, 'general_accuracy')} with irrelevant passages (distraction)"
        if rag and base else "n/a")
-  rows.append(("Flexibility", a, b, tuned_note(
-      "forgetting, fine-tuned vs base on the same prompts: " + paired_note(
-          summary, "finetuned", "base", "general_accuracy",
-          "the tuned model answers more general questions than the base",
-          "the tuned model forgot general knowledge", False) + budget)))
+  mc = summary.get("general_mc") or {}
+  if "finetuned" in mc and "base" in mc:  # multiple choice by log-likelihood, as papers report
+    a = (f"general knowledge (multiple choice) {_ci(mc['finetuned'], 'accuracy')}, "
+         f"n={mc['finetuned']['n']}")
+    b = (f"RAG keeps the base model: {_ci(mc['base'], 'accuracy')} (multiple choice, "
+         f"n={mc['base']['n']})")
+    rows.append(("Flexibility", a, b, tuned_note(
+        "forgetting, fine-tuned vs base by log-likelihood: " + mc_note(
+            mc["finetuned"].get("vs_base"), "the tuned model answers more general questions "
+            "than the base", "the tuned model forgot general knowledge") + budget)))
+  else:
+    rows.append(("Flexibility", a, b, tuned_note(
+        "forgetting, fine-tuned vs base on the same prompts: " + paired_note(
+            summary, "finetuned", "base", "general_accuracy",
+            "the tuned model answers more general questions than the base",
+            "the tuned model forgot general knowledge", False) + budget)))
   a, b = pair("style_rate", "house style")
   others = "; ".join(f"{arm} {_ci(arms[arm], 'style_rate')} with "
                      f"{_num(arms[arm]['prompt_tokens'])} prompt tokens"

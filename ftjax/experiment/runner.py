@@ -25,9 +25,9 @@ from ftjax.experiment import report as report_lib
 from ftjax.experiment import security as security_lib
 from ftjax.experiment.cache import StageCache, digest
 from ftjax.experiment import summary as summary_lib
-from ftjax.experiment.stages import (Context, Progress, answers_stage, index_stage, read_answers,
-                                     score_rows, train_stage, update_finetuned_stage,
-                                     update_rag_stage)
+from ftjax.experiment.stages import (Context, Progress, answers_stage, general_mc_stage,
+                                     index_stage, read_answers, score_rows, train_stage,
+                                     update_finetuned_stage, update_rag_stage)
 
 # ----------------------------------------------------------------------------- the run
 
@@ -102,12 +102,19 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
     arm_names = [a for a in config_lib.TUNED_ARMS if arm_registry.get(a).weights == kind]
     if any(a in config.arms and a not in skipped for a in arm_names):
       trained[kind] = [train_stage(ctx, kind, s)[1] for s in range(config.num_seeds)]
+  general_mc = {}
+  if data.general_mc:  # forgetting on multiple choice, per model the arms answer with
+    for weights in ("base", "finetuned", "raft"):
+      if any(arm_registry.get(a).weights == weights for a in config.arms if a not in skipped):
+        seeds = [None] if weights == "base" else list(range(config.num_seeds))
+        general_mc[weights] = [general_mc_stage(ctx, weights, s)[1] for s in seeds]
   index = None
   if any(a in config.arms for a in config_lib.RETRIEVAL_ARMS):
     index = index_stage(ctx)[1]
   security = security_lib.measure(ctx, audit)
   measured = {"stages": stages, "latency": latencies, "train": trained, "index": index,
-              "update": updates, "skipped": skipped, "missing_data": data.missing,
+              "update": updates, "skipped": skipped, "general_mc": general_mc,
+              "missing_data": data.missing,
               "data": notes, **({"security": security} if security else {}),
               "cache": {"computed": ctx.cache.computed, "reused": ctx.cache.reused},
               "seconds": time.perf_counter() - started}

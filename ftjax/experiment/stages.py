@@ -650,6 +650,54 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
                        answer_key(ctx, arm, model_key, index_folder), build)
 
 
+# lm-eval's MMLU-style prompt: each choice is scored as the continuation after "Answer:".
+MC_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def general_mc_stage(ctx: Context, weights: str, seed: int | None) -> tuple[Path, dict]:
+  """Multiple-choice general knowledge (`data.general` in lm-eval's format) scored by
+  log-likelihood through the lm-eval backend (`ftjax.evaluation.harness.FtjaxLM`): per question
+  whether the most likely choice is right (`correct`) and the same per byte of the choice
+  (`correct_norm`, lm-eval's acc_norm). Forgetting is a tuned model's accuracy against the base
+  model's on the same prompts."""
+  if weights == "base":
+    train_folder, selected, model_key = None, None, ctx.model_key
+  else:
+    train_folder, trained = train_stage(ctx, weights, seed)
+    selected = trained.get("selected_step")
+    model_key = {"train": train_folder.name, "step": selected}
+  key = {"model": model_key, "general": ctx.data.hashes["general"], "template": MC_TEMPLATE,
+         "max_eval_questions": ctx.config.data.max_eval_questions}
+
+  def build(folder: Path) -> dict:
+    from ftjax.evaluation.harness import FtjaxLM
+    model = tuned_model(ctx, train_folder / "run", selected) if train_folder \
+        else ctx.base_model()
+    lm = FtjaxLM(pretrained=model, batch_size=ctx.config.sampling.batch_size)
+    started = time.perf_counter()
+    requests, owners = [], []
+    for q in ctx.data.general_mc:
+      for j, choice in enumerate(q.choices):
+        context, continuation = lm._encode_pair(MC_TEMPLATE.format(question=q.input),
+                                                f" {choice}")
+        requests.append((None, context, continuation))
+        owners.append((q.index, j))
+    scores: dict[int, dict[int, float]] = {}
+    for (i, j), (logprob, _) in zip(owners, lm._loglikelihood_tokens(requests)):
+      scores.setdefault(i, {})[j] = logprob
+    rows = []
+    for q in ctx.data.general_mc:
+      ll = [scores[q.index][j] for j in range(len(q.choices))]
+      norm = [x / len(f" {c}".encode()) for x, c in zip(ll, q.choices)]
+      rows.append({"index": q.index, "correct": int(ll.index(max(ll)) == q.gold),
+                   "correct_norm": int(norm.index(max(norm)) == q.gold)})
+    ctx.progress.say(f"[general mc {weights}] {len(rows)} questions by log-likelihood: "
+                     f"{sum(r['correct'] for r in rows)} right")
+    return {"rows": rows, "seconds": time.perf_counter() - started}
+  return ctx.cache.run(f"general-mc-{weights}" + ("" if seed is None else f"-s{seed}"), key,
+                       build)
+
+
 def read_answers(folder: Path) -> dict[str, list[Answer]]:
   raw = json.loads((folder / "answers.json").read_text())
   def tup(x):

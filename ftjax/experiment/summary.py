@@ -190,6 +190,37 @@ def latency_summary(measures: list) -> dict:
           "decode_tokens_per_s": scoring.percentile(decode, 50) if decode else None}
 
 
+def general_mc(measured: dict, seed: int = 0) -> dict:
+  """Multiple-choice general knowledge per model (`base`, `finetuned`, `raft`): accuracy and
+  acc_norm with Wilson intervals and n, and each tuned model against the base, paired over
+  questions (and averaged over seeds): the forgetting."""
+  out = {}
+  per_question = {}
+  for weights, results in (measured.get("general_mc") or {}).items():
+    rows = [r for result in results for r in result["rows"]]
+    if not rows:
+      continue
+    entry = {"n": len({r["index"] for r in rows}), "seeds": len(results)}
+    for key, name in (("correct", "accuracy"), ("correct_norm", "acc_norm")):
+      k = sum(r[key] for r in rows)
+      entry[name] = k / len(rows)
+      entry[f"{name}_ci"] = list(stats.wilson(k, len(rows)))
+    out[weights] = entry
+    sums: dict[int, list] = {}
+    for r in rows:
+      sums.setdefault(r["index"], []).append(r["correct"])
+    per_question[weights] = {i: sum(v) / len(v) for i, v in sums.items()}
+  for weights in ("finetuned", "raft"):
+    if weights in per_question and "base" in per_question:
+      common = sorted(set(per_question[weights]) & set(per_question["base"]))
+      result = stats.compare([per_question[weights][i] for i in common],
+                             [per_question["base"][i] for i in common], seed=seed)
+      out[weights]["vs_base"] = {"diff": result["diff"], "ci": result["ci"],
+                                 "p": result.get("p"), "n": len(common),
+                                 "verdict": stats.verdict(result["diff"], result["ci"])}
+  return out
+
+
 def build(config, rows: list[dict], measured: dict, model_cfg=None) -> dict:
   """The summary of one run (no sweep): per-arm metrics with intervals, paired comparisons, the
   tuned arms' budgets, knowledge updates, cost and what was skipped."""
@@ -221,6 +252,8 @@ def build(config, rows: list[dict], measured: dict, model_cfg=None) -> dict:
                           measured.get("index"), model_cfg)
   summary = {"arms": arms, "comparisons": comparisons(by_arm, seed=config.seed),
              "update": updates, "cost": cost, "skipped": measured["skipped"],
+             **({"general_mc": general_mc(measured, seed=config.seed)}
+                if measured.get("general_mc") else {}),
              **({"security": measured["security"]} if measured.get("security") else {}),
              "data": measured.get("data", {}), "missing_data": measured["missing_data"],
              "stages": measured["stages"], "cache": measured.get("cache", {}),
