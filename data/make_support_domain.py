@@ -777,11 +777,34 @@ def _check(docs: list[dict], facts: list[dict]):
       raise ValueError(f"answer {fact['answer']!r} of {fact['doc_id']} is in documents {holders}")
 
 
-def build(seed: int = 0) -> dict[str, object]:
-  """Every output file's content, by file name: a list of rows (JSONL), a dict or a string."""
+def _keep(specs: list[dict], num_docs: int, seed: int) -> list[dict]:
+  """`num_docs` of the documents: every document an update changes, then a seeded sample of
+  the others, in their order (a separate random stream: the full domain is unchanged)."""
+  if not num_docs or num_docs >= len(specs):
+    return specs
+  updated = {doc_id for doc_id, _ in UPDATES}
+  others = [s["id"] for s in specs if s["id"] not in updated]
+  keep = updated | set(random.Random(f"keep:{seed}").sample(others, num_docs - len(updated)))
+  return [s for s in specs if s["id"] in keep]
+
+
+def _candidates(facts: list[dict], seed: int, n: int = 3) -> dict[int, list[str]]:
+  """Per fact: up to `n` answers of other facts of the same kind (a separate random stream).
+  An answer that names one of them besides its gold lists values instead of answering."""
+  rng = random.Random(f"candidates:{seed}")
+  out = {}
+  for i, fact in enumerate(facts):
+    same = [f["answer"] for f in facts if f["kind"] == fact["kind"] and f is not fact]
+    out[i] = rng.sample(same, min(n, len(same)))
+  return out
+
+
+def build(seed: int = 0, num_docs: int = 0) -> dict[str, object]:
+  """Every output file's content, by file name: a list of rows (JSONL), a dict or a string.
+  `num_docs` (0: all) keeps that many documents and their facts: a smaller domain."""
   rng = random.Random(seed)
   taken: list[str] = []
-  specs = _specs(rng)
+  specs = _keep(_specs(rng), num_docs, seed)
   docs, facts = [], []
   for spec in specs:
     spec["values"] = {field: _draw(rng, field, taken) for field in spec["fields"]}
@@ -792,7 +815,8 @@ def build(seed: int = 0) -> dict[str, object]:
   _check(docs, facts)
 
   train, evaluation = [], []
-  for fact in facts:
+  candidates = _candidates(facts, seed)
+  for number, fact in enumerate(facts):
     kind, ctx = KINDS[fact["kind"]], fact["ctx"]
     fact["asks"] = [(q.format(**ctx), rng.choice(kind["reply"]))
                     for q in rng.sample(kind["train"], 3)]
@@ -800,7 +824,10 @@ def build(seed: int = 0) -> dict[str, object]:
     for ask, reply in fact["asks"]:
       train.append({"input": ask, "output": house(reply.format(a=fact["answer"], **ctx)),
                     "doc_id": fact["doc_id"], "answer": fact["answer"]})
-    evaluation.append({"input": fact["held"], "answer": fact["answer"], "doc_id": fact["doc_id"]})
+    row = {"input": fact["held"], "answer": fact["answer"], "doc_id": fact["doc_id"]}
+    if candidates[number]:
+      row["candidates"] = candidates[number]
+    evaluation.append(row)
 
   by_id = {spec["id"]: spec for spec in specs}
   updates, update_train, update_eval, changed = [], [], [], {}
@@ -836,18 +863,19 @@ def build(seed: int = 0) -> dict[str, object]:
       "general.jsonl": general, "updates.jsonl": updates, "update_train.jsonl": update_train,
       "update_eval.jsonl": update_eval, "unchanged_eval.jsonl": unchanged_eval, "style.json": style,
   }
-  files["README.md"] = _readme(files, seed, len(facts))
+  files["README.md"] = _readme(files, seed, len(facts), num_docs)
   return files
 
 
-def _readme(files: dict[str, object], seed: int, num_facts: int) -> str:
+def _readme(files: dict[str, object], seed: int, num_facts: int, num_docs: int = 0) -> str:
   about = {
       "docs.jsonl": '`{"id", "title", "text"}`: product pages, how-to steps and policies, '
                     f"{WORDS[0]}-{WORDS[1]} words, 1-2 facts each ({num_facts} facts) plus filler",
       "train.jsonl": '`{"input", "output", "doc_id", "answer"}`: 3 phrasings per fact, answered '
                      "in house style",
-      "eval.jsonl": '`{"input", "answer", "doc_id"}`: 1 held-out phrasing per fact, from a '
-                    "template pool never used in training",
+      "eval.jsonl": '`{"input", "answer", "doc_id", "candidates"}`: 1 held-out phrasing per '
+                    "fact, from a template pool never used in training; `candidates`: answers "
+                    "of other facts of the same kind (naming one besides the gold is wrong)",
       "unanswerable.jsonl": '`{"input"}`: in-domain questions no document answers (the model '
                             "should decline)",
       "train_decline.jsonl": '`{"input", "output"}`: other uncovered questions (disjoint topics) '
@@ -864,13 +892,17 @@ def _readme(files: dict[str, object], seed: int, num_facts: int) -> str:
   rows = [f"| `{name}` | {len(content) if name.endswith('.jsonl') else '-'} | {about[name]} |"
           for name, content in files.items()]
   table = "\n".join(["| file | rows | content |", "|---|---|---|", *rows])
+  size = f", {num_docs} documents" if num_docs else ""
+  flag = f" --num_docs {num_docs}" if num_docs else ""
+  folder = "data/support_small" if num_docs else "data/support"
   return f"""# Quillory support domain
 
 An invented customer-service domain: the company {COMPANY}, its products and policies. Every fact
 is made up, so a pretrained model cannot know it; it must come from fine-tuning or retrieval.
-Generated by `data/make_support_domain.py` (seed {seed}); do not edit by hand. Regenerate with
+Generated by `data/make_support_domain.py` (seed {seed}{size}); do not edit by hand. Regenerate
+with
 
-    python data/make_support_domain.py --out_dir data/support --seed {seed}
+    python data/make_support_domain.py --out_dir {folder} --seed {seed}{flag}
 
 {table}
 
@@ -899,8 +931,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out_dir", default="data/support")
+  parser.add_argument("--num_docs", type=int, default=0,
+                      help="keep this many documents (every updated one included); 0: all")
   args = parser.parse_args(argv)
-  files = build(args.seed)
+  files = build(args.seed, args.num_docs)
   out = Path(args.out_dir)
   write(files, out)
   counts = ", ".join(f"{len(rows)} {name[:-6]}" for name, rows in files.items()

@@ -158,6 +158,23 @@ def test_checked_in_files_match_a_fresh_generation(generated):
     assert stored[name] == fresh[name], f"data/support/{name} is stale: rerun the generator"
 
 
+def test_small_domain_is_a_subset_and_matches_a_fresh_generation(tmp_path, data):
+  """data/support_small (the default experiment's domain) is `--num_docs 20`: every updated
+  document kept, files in sync; eval rows carry candidates of the same kind, never the gold."""
+  gen.main(["--out_dir", str(tmp_path), "--seed", "0", "--num_docs", "20"])
+  small = ROOT / "data" / "support_small"
+  for path in tmp_path.iterdir():
+    assert (small / path.name).read_bytes() == path.read_bytes(), \
+        f"data/support_small/{path.name} is stale: rerun the generator with --num_docs 20"
+  rows = _read(small)
+  assert len(rows["docs.jsonl"]) == 20
+  assert {u["id"] for u in rows["updates.jsonl"]} <= {d["id"] for d in rows["docs.jsonl"]}
+  both = rows["eval.jsonl"] + data["eval.jsonl"]
+  for row in both:  # a fact whose kind is unique has none
+    assert row["answer"] not in row.get("candidates", [])
+  assert sum("candidates" in row for row in both) >= 0.5 * len(both)
+
+
 def test_deterministic_in_seed():
   assert gen.build(1) == gen.build(1)
   assert gen.build(1)["docs.jsonl"] != gen.build(0)["docs.jsonl"]
