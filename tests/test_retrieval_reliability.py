@@ -140,6 +140,15 @@ RetrievalIndex.open(path, fault_hook=kill).add(read_jsonl(docs))
 """
 
 
+def test_production_code_has_no_crash_switch():
+  """Crashes are injected only through a caller's `fault_hook`: nothing in ftjax ends the process
+  on an environment variable or a module-global hook."""
+  offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "ftjax").rglob("*.py")
+               if any(s in p.read_text(encoding="utf-8")
+                      for s in ("os._exit", "CRASH_AT", "write_step_hook"))]
+  assert offenders == []
+
+
 def _write_docs(path, documents):
   path.write_text("".join(json.dumps({"id": d.doc_id, "text": d.text,
                                       **({"acl": list(d.acl)} if d.acl else {})}) + "\n"

@@ -30,12 +30,8 @@ from ftjax.retrieval import bm25 as bm25_lib
 from ftjax.retrieval import dense as dense_lib
 from ftjax.retrieval.corpus import Corpus, Document, chunk_documents, visible
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
-from ftjax.retrieval.store import (MANIFEST, FaultHook, IndexConfig, IndexLockedError, IndexStore,
+from ftjax.retrieval.store import (MANIFEST, FaultHook, IndexConfig, IndexStore,
                                    RetrievalIndexError, StoreState, read_config)
-
-__all__ = ["METHODS", "EmptyIndexError", "EmptyQueryError", "Hits", "IndexConfig",
-           "IndexLockedError", "Passage", "QueryTruncatedWarning", "RetrievalIndex",
-           "RetrievalIndexError", "UpdateReport"]
 
 METHODS = ("bm25", "dense", "hybrid")
 
