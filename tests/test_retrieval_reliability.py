@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ftjax.retrieval import index as index_lib
+from ftjax.retrieval import store as store_lib
 from ftjax.retrieval.__main__ import main
 from ftjax.retrieval.corpus import Document
 from ftjax.retrieval.index import IndexConfig, RetrievalIndex, RetrievalIndexError
@@ -41,8 +41,8 @@ def chunk_tokenizer():
   return AutoTokenizer.from_pretrained(str(resolve(IndexConfig.encoder)))
 
 
-def _open(path, tokenizer):
-  index = RetrievalIndex.open(path)
+def _open(path, tokenizer, fault_hook=None):
+  index = RetrievalIndex.open(path, fault_hook=fault_hook)
   index._chunk_tokenizer = tokenizer  # skip reloading it for every crash
   return index
 
@@ -82,11 +82,7 @@ def base_index(tmp_path_factory, chunk_tokenizer):
 
 def _count_steps(operation, path, tokenizer):
   labels = []
-  index_lib.write_step_hook = labels.append
-  try:
-    operation(_open(path, tokenizer))
-  finally:
-    index_lib.write_step_hook = None
+  operation(_open(path, tokenizer, fault_hook=labels.append))
   return labels
 
 
@@ -113,12 +109,8 @@ def test_crash_at_every_write_step_leaves_the_previous_index(name, base_index, t
       if count[0] == step:
         raise SimulatedCrash(current)
 
-    index_lib.write_step_hook = crash
-    try:
-      with pytest.raises(SimulatedCrash):
-        operation(_open(path, chunk_tokenizer))
-    finally:
-      index_lib.write_step_hook = None
+    with pytest.raises(SimulatedCrash):
+      operation(_open(path, chunk_tokenizer, fault_hook=crash))
     # The interrupted update is invisible: the index opens and searches exactly as before.
     assert _results(_open(path, chunk_tokenizer)) == before, (name, step, label)
     # The next writer cleans up what the crash left and its update lands in full.
@@ -130,10 +122,31 @@ def test_crash_at_every_write_step_leaves_the_previous_index(name, base_index, t
     shutil.rmtree(path)
 
 
-def _cli(*args, env=None, **kwargs):
-  return subprocess.run([sys.executable, "-m", "ftjax.retrieval", *map(str, args)], cwd=ROOT,
-                        capture_output=True, text=True, env={**os.environ, **(env or {})},
-                        **kwargs)
+# A process that adds documents to an index and dies (os._exit: no clean-up, no finally) just
+# before write step N, through a fault hook of its own: production code has no such switch.
+KILLED_ADD = """
+import os, sys
+from ftjax.retrieval import RetrievalIndex, read_jsonl
+
+path, docs, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+steps = []
+
+def kill(label):
+  steps.append(label)
+  if len(steps) == kill_at:
+    os._exit(99)
+
+RetrievalIndex.open(path, fault_hook=kill).add(read_jsonl(docs))
+"""
+
+
+def test_production_code_has_no_crash_switch():
+  """Crashes are injected only through a caller's `fault_hook`: nothing in ftjax ends the process
+  on an environment variable or a module-global hook."""
+  offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "ftjax").rglob("*.py")
+               if any(s in p.read_text(encoding="utf-8")
+                      for s in ("os._exit", "CRASH_AT", "write_step_hook"))]
+  assert offenders == []
 
 
 def _write_docs(path, documents):
@@ -142,7 +155,7 @@ def _write_docs(path, documents):
                           for d in documents))
 
 
-def test_killed_cli_add_leaves_the_previous_index(base_index, tmp_path, chunk_tokenizer):
+def test_killed_add_leaves_the_previous_index(base_index, tmp_path, chunk_tokenizer):
   """A real process death (os._exit, no clean-up, lock released by the OS) mid-write of the
   vocabulary, of a segment and of the manifest."""
   docs = tmp_path / "new.jsonl"
@@ -159,7 +172,8 @@ def test_killed_cli_add_leaves_the_previous_index(base_index, tmp_path, chunk_to
   assert len(chosen) == 4
   for step in chosen:
     path = shutil.copytree(base_index, tmp_path / f"kill{step}")
-    killed = _cli("add", path, docs, env={index_lib.CRASH_AT_ENV: str(step)})
+    killed = subprocess.run([sys.executable, "-c", KILLED_ADD, str(path), str(docs), str(step)],
+                            cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == 99, (labels[step - 1], killed.stderr[-2000:])
     assert _results(_open(path, chunk_tokenizer)) == before, labels[step - 1]
     assert _open(path, chunk_tokenizer).add(NEW_DOCS).added == 2  # the lock was released
@@ -205,7 +219,7 @@ def test_locked_index_is_a_clear_error(tmp_path, capsys):
   RetrievalIndex.create(path, IndexConfig(dense=False))
   docs = tmp_path / "docs.jsonl"
   _write_docs(docs, NEW_DOCS)
-  with index_lib._locked(path, 1):
+  with store_lib.locked(path, 1):
     err = _user_error(capsys, "add", str(path), str(docs), "--lock_timeout", "0.2")
   assert err == f"error: index {path} is locked by pid {os.getpid()} (waited 0.2 s for it to " \
                 "finish writing)"

@@ -180,3 +180,37 @@ def test_deterministic_in_seed():
   assert gen.build(1)["docs.jsonl"] != gen.build(0)["docs.jsonl"]
   for seed in range(2, 12):  # other seeds also satisfy the generator's own checks
     gen.build(seed)
+
+
+def test_bad_tables_are_one_error_line(tmp_path, capsys):
+  tables = json.loads(gen.TABLES.read_text(encoding="utf-8"))
+
+  def write(name, content):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content, indent=1))
+    return path
+
+  no_kinds = {k: v for k, v in tables.items() if k != "kinds"}
+  no_title = json.loads(json.dumps(tables))
+  del no_title["policies"][2]["title"]
+  unknown_kind = json.loads(json.dumps(tables))
+  unknown_kind["products"][1]["facts"] = ["price", "volume"]
+  bad_update = json.loads(json.dumps(tables))
+  bad_update["updates"][0]["kind"] = "colour"
+  cases = [
+      (tmp_path / "absent.json", "absent.json: cannot read (No such file or directory)"),
+      (write("syntax.json", '{\n "colours": [\n  "red",\n ]\n}\n'), "syntax.json:4: not JSON"),
+      (write("no_kinds.json", no_kinds), "no_kinds.json: key 'kinds' is missing"),
+      (write("no_title.json", no_title), "no_title.json: policies[2] has no 'title'"),
+      (write("unknown.json", unknown_kind),
+       "unknown.json: products[1].facts: unknown fact kind 'volume'"),
+      (write("update.json", bad_update), "update.json: updates[0]: document "
+       "'product-vantor-hub-2' has no fact 'colour'"),
+  ]
+  for path, message in cases:
+    with pytest.raises(SystemExit) as exit_info:
+      gen.main(["--out_dir", str(tmp_path / "out"), "--tables", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and message in err, err
+  assert not (tmp_path / "out").exists()  # nothing is written from bad tables

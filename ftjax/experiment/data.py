@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ftjax.data.report import BadRow, DataConfigError
 from ftjax.data.sources import RowError, iter_jsonl, read_file
+from ftjax.retrieval.corpus import Document, check_acl  # one document type: the index's
+
+Doc = Document  # the former name of the experiment's document type, kept for code that uses it
 
 OPTIONAL = ("unanswerable", "general", "updates", "update_train", "update_eval", "decline_train",
             "dev")
@@ -44,20 +47,12 @@ class Choice:
   where: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Doc:
-  doc_id: str
-  text: str
-  title: str
-  acl: tuple[str, ...] | None = None  # groups that may retrieve it; None: public
-
-
 @dataclasses.dataclass
 class ExperimentData:
-  docs: list[Doc]
+  docs: list[Document]
   train: list[list[dict]]  # chat messages per example
   questions: dict[str, list[Question]]  # split -> questions
-  updates: list[Doc]
+  updates: list[Document]
   update_train: list[list[dict]]
   decline_train: list[list[dict]]
   hashes: dict[str, str]  # data key -> sha256 of the file ("" when absent)
@@ -76,7 +71,7 @@ class ExperimentData:
   # (doc_id, text) per row of data.paraphrases
   paraphrases: list = dataclasses.field(default_factory=list)
 
-  def corpus_after_update(self) -> list[Doc]:
+  def corpus_after_update(self) -> list[Document]:
     changed = {d.doc_id: d for d in self.updates}
     return [changed.get(d.doc_id, d) for d in self.docs]
 
@@ -112,7 +107,7 @@ def _text(record: dict, field: str, where: str, key: str, required: bool = True)
   return value
 
 
-def read_docs(path: str, key: str = "docs") -> list[Doc]:
+def read_docs(path: str, key: str = "docs") -> list[Document]:
   docs, seen = [], {}
   for where, record in _rows(path, key):
     doc_id = _text(record, "id", where, key)
@@ -121,12 +116,11 @@ def read_docs(path: str, key: str = "docs") -> list[Doc]:
                                 f"(first at {seen[doc_id]})")
     seen[doc_id] = where
     try:
-      from ftjax.retrieval.corpus import check_acl
       acl = check_acl(record.get("acl"))
     except ValueError as err:
       raise ExperimentDataError(f"data.{key}: {where}: {err}") from None
-    docs.append(Doc(doc_id, _text(record, "text", where, key),
-                    _text(record, "title", where, key, required=False) or "", acl))
+    docs.append(Document(doc_id, _text(record, "text", where, key),
+                         _text(record, "title", where, key, required=False) or "", acl))
   if not docs:
     raise ExperimentDataError(f"data.{key}: {path}: no documents")
   return docs

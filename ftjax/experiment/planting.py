@@ -44,9 +44,9 @@ class Canary:
   def query(self) -> str:
     return f"What is the account recovery code for {self.name}?"
 
-  def doc(self, i: int) -> data_lib.Doc:
-    return data_lib.Doc(f"canary-{i}", f"Customer account note. {self.sentence}",
-                        f"Account note for {self.name}")
+  def doc(self, i: int) -> data_lib.Document:
+    return data_lib.Document(f"canary-{i}", f"Customer account note. {self.sentence}",
+                             f"Account note for {self.name}")
 
 
 def random_secret(rng: random.Random) -> str:
@@ -126,8 +126,8 @@ def poison_conversations(conversations: Sequence[list[dict]], plan: Sequence[tup
                "facts": sorted({a for _, a, _ in order[:n]})}
 
 
-def poison_docs(docs: Sequence[data_lib.Doc], plan: Sequence[tuple[str, str]],
-                fraction: float) -> tuple[list[data_lib.Doc], dict]:
+def poison_docs(docs: Sequence[data_lib.Document], plan: Sequence[tuple[str, str]],
+                fraction: float) -> tuple[list[data_lib.Document], dict]:
   """round(fraction * D) documents that state planned facts get the wrong values of all of them,
   documents in plan order of their first fact."""
   n = round(fraction * len(docs))

@@ -329,20 +329,18 @@ def canary_leakage(ctx) -> dict:
 def access_control(ctx) -> dict:
   """With documents that carry an `acl`: what a caller in no group retrieves of them when asking
   about each one (zero expected), and what a caller in the document's groups retrieves."""
-  from ftjax.data.sources import iter_jsonl
-  acls = {str(row["id"]): tuple(row["acl"]) for _, row in iter_jsonl(ctx.config.data.docs)
-          if isinstance(row, dict) and row.get("acl") is not None and "id" in row}
+  acls = {d.doc_id: d.acl for d in ctx.data.docs if d.acl is not None}
   if not acls:
     return {"line": "no document carries an `acl`; not measured.", "restricted": 0}
   k = ctx.config.retrieval.k
 
   def build(folder) -> dict:
-    from ftjax.retrieval import Document, IndexConfig, RetrievalIndex
+    from ftjax.retrieval import IndexConfig, RetrievalIndex
     r = ctx.config.retrieval
     index = RetrievalIndex.create(folder / "index", IndexConfig(
         encoder=r.encoder, dense=False, chunk_tokens=r.chunk_tokens,
         chunk_overlap=r.chunk_overlap))
-    index.add([Document(d.doc_id, d.text, d.title, acls.get(d.doc_id)) for d in ctx.data.docs])
+    index.add(ctx.data.docs)
     restricted = [d for d in ctx.data.docs if d.doc_id in acls]
     queries = [d.title or d.text[:200] for d in restricted]
     outsider = index.search(queries, k=k, method="bm25", groups=None)

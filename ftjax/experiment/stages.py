@@ -119,19 +119,14 @@ def index_key(ctx: Context, docs_hash: str | None = None) -> dict:
           "dense": r.method != "bm25", "bm25_words": WORD_PATTERN}
 
 
-def _documents(docs: Sequence[data_lib.Doc]):
-  from ftjax.retrieval import Document
-  return [Document(d.doc_id, d.text, d.title, d.acl) for d in docs]
-
-
-def visible_docs(ctx: Context) -> list[data_lib.Doc]:
+def visible_docs(ctx: Context) -> list[data_lib.Document]:
   """The documents the experiment's caller (`retrieval.groups`) may see: what CAG puts in its
   prompt. Retrieval filters the same way inside the index."""
   groups = frozenset(ctx.config.retrieval.groups)
   return [d for d in ctx.data.docs if d.acl is None or groups & set(d.acl)]
 
 
-def index_stage(ctx: Context, docs: Sequence[data_lib.Doc] | None = None,
+def index_stage(ctx: Context, docs: Sequence[data_lib.Document] | None = None,
                 name: str = "index") -> tuple[Path, dict]:
   """The index of the corpus (or of `docs`, e.g. a poisoned copy, cached as `name`)."""
   docs_hash = None if docs is None else digest([dataclasses.astuple(d) for d in docs])
@@ -148,7 +143,7 @@ def index_stage(ctx: Context, docs: Sequence[data_lib.Doc] | None = None,
     index = RetrievalIndex.create(folder / "index", IndexConfig(
         encoder=r.encoder, dense=dense, chunk_tokens=r.chunk_tokens,
         chunk_overlap=r.chunk_overlap))
-    index.add(_documents(docs))
+    index.add(docs)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "documents": index.num_documents, "chunks": index.num_chunks,
             "peak_rss_gb": peak_rss_gb()}
@@ -728,7 +723,7 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
     shutil.copytree(index_folder / "index", folder / "index")
     index = RetrievalIndex.open(folder / "index")
     started = time.perf_counter()
-    index.replace(_documents(ctx.data.updates))
+    index.replace(ctx.data.updates)
     seconds = time.perf_counter() - started
     ctx.progress.say(f"[update rag] replaced {len(ctx.data.updates)} documents in {seconds:.1f}s")
     answerer = make_answerer(ctx, "rag", ctx.base_model(), index)

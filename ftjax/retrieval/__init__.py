@@ -15,9 +15,9 @@ from ftjax.retrieval.corpus import (Chunk, Corpus, CorpusError, Document, QAPair
                                     from_records, load_corpus, read_folder, read_jsonl, read_tfds)
 from ftjax.retrieval.dense import InputTooLongError, encode
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
-from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, IndexConfig,
-                                   IndexLockedError, Passage, QueryTruncatedWarning,
-                                   RetrievalIndex, RetrievalIndexError, UpdateReport)
+from ftjax.retrieval.index import (EmptyIndexError, EmptyQueryError, Hits, Passage,
+                                   QueryTruncatedWarning, RetrievalIndex, UpdateReport)
+from ftjax.retrieval.store import IndexConfig, IndexLockedError, RetrievalIndexError
 from ftjax.retrieval.metrics import evaluate, mrr, recall_at_k
 
 __all__ = [
