@@ -90,3 +90,16 @@ def test_chunking_shrinks_the_compiled_step_s_temporary_memory():
   logits_bytes = 8 * 64 * 16384 * 4
   assert whole >= logits_bytes  # the full fp32 logits exist at least once
   assert chunked < whole - logits_bytes // 2
+
+
+def test_chunked_loss_in_bf16_matches_the_whole_vocabulary_bf16_loss():
+  """Under bf16 the chunked head runs the model's own bf16 product (`matmul.project`): the loss
+  and gradients equal the unchunked bf16 step's to bf16 rounding."""
+  cfg, params, batch = _setup("tied")
+  cfg = cfg.replace(dtype="bfloat16")
+  want_loss, want_grads = _loss_and_grads(cfg, params, batch)
+  got_loss, got_grads = _loss_and_grads(cfg.replace(loss_chunk=8), params, batch)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-3)
+  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    scale = float(jnp.max(jnp.abs(want))) + 1e-6
+    assert float(jnp.max(jnp.abs(got - want))) <= 0.02 * scale

@@ -22,8 +22,13 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def head_logits(hidden: jax.Array, head: jax.Array, head_layout: str,
                 softcap: float | None = None) -> jax.Array:
   """hidden [..., hidden] @ head ([vocab, hidden] "ve" or [hidden, vocab] "ev") -> fp32 logits."""
-  logits = jnp.einsum(f"...e,{head_layout}->...v", hidden, head.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
+  # The model's own head product (bf16 inputs with f32 accumulation under bf16, forward and
+  # backward), so the chunked loss takes the CPU's bf16 units like the unchunked one.
+  from ftjax.models.matmul import project
+  if head_layout not in ("ve", "ev"):
+    raise ValueError(f"head_layout must be 've' or 'ev', got {head_layout!r}")
+  logits = project(hidden, head, 1, hidden.dtype, jnp.float32,
+                   kernel_out_first=head_layout == "ve")
   if softcap:
     logits = jnp.tanh(logits / softcap) * softcap
   return logits

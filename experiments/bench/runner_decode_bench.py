@@ -1,0 +1,113 @@
+"""Does the experiment runner decode at the model's speed? (issue 22, goal 2)
+
+In one run, on the default experiment's questions (configs/experiments/support.py):
+  runner:    `stages.answer_questions` with each arm's answerer (prompt rendering, retrieval,
+             tokenization, batching, EOS stopping), after one warm-up pass that compiles;
+  same work: `generate_ids` on exactly the token ids the runner's prompts encode to, in the same
+             batches, with the same EOS ids: the model's speed on the runner's work;
+  fixed:     `generate_ids` at the same batch size, every row the median prompt length, no EOS,
+             `max_new_tokens` each (model_bench.py's decode case at the runner's shape).
+Generation tokens/s of each and the ratios runner / same work and runner / fixed (goal: within
+1.5x, i.e. a ratio >= 0.67).
+
+  python experiments/bench/runner_decode_bench.py --arms base,rag --out experiments/bench/results/runner_decode.json
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default=str(ROOT / "configs" / "experiments" / "support.py"))
+  parser.add_argument("--arms", default="base,rag")
+  parser.add_argument("--dtype", default="")
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+
+  from ftjax import provenance_record
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment import stages
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.config import load_config_file, validate
+  from ftjax.generation.decoding import generate_ids
+  from ftjax.generation.text import eos_token_ids
+  import numpy as np
+
+  config = validate(load_config_file(args.config))
+  if args.dtype:
+    config.dtype = args.dtype
+  data = data_lib.load(config.data)
+  work = Path(tempfile.mkdtemp(prefix="runner_decode_"))
+  ctx = stages.Context(config, data, StageCache(work), stages.Progress())
+  model = ctx.base_model()
+  tokenizer = model.tokenizer
+  eos = eos_token_ids(model.config, tokenizer)
+  pad = tokenizer.pad_token_id or 0
+  sampling = ctx.sampling()
+  batch = config.sampling.batch_size
+  stream = [q for s in stages.SPLITS for q in data.questions.get(s, [])]
+  rows = []
+  for arm in args.arms.split(","):
+    index = None
+    if arm in stages.config_lib.RETRIEVAL_ARMS:
+      index = stages.open_index(ctx, stages.index_stage(ctx)[0] / "index")
+    answerer = stages.make_answerer(ctx, arm, model, index)
+    stages.answer_questions(ctx, answerer, stream, "warm-up", batch)
+    answers, seconds, _ = stages.answer_questions(ctx, answerer, stream, "timed", batch)
+    runner_tokens = sum(a.new_tokens for a in answers)
+    ids = [tokenizer.encode(a.prompt, add_special_tokens=False) for a in answers]
+    size = -(-len(ids) // -(-len(ids) // batch))  # answer_questions' balanced batches
+    batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+    batches = [b + [b[0]] * (size - len(b)) if len(ids) > size else b for b in batches]
+
+    def same_work():
+      started, tokens = time.perf_counter(), 0
+      for b in batches:
+        out = generate_ids(model.config, model.params, b, sampling, eos, pad)
+        tokens += sum(len(o) for o in out)
+      return tokens, time.perf_counter() - started
+    same_work()  # compiles
+    same_tokens, same_seconds = same_work()
+    median = int(statistics.median(len(i) for i in ids))
+    fixed_prompts = [[ids[0][0]] * median] * size
+
+    def fixed():
+      started = time.perf_counter()
+      out = generate_ids(model.config, model.params, fixed_prompts, sampling, [], pad)
+      return sum(len(o) for o in out), time.perf_counter() - started
+    fixed()
+    fixed_runs = [fixed() for _ in range(3)]
+    fixed_tokens, fixed_seconds = fixed_runs[0][0], statistics.median(s for _, s in fixed_runs)
+    row = {"arm": arm, "questions": len(stream), "batch": size,
+           "prompt_tokens_median": median, "max_new_tokens": sampling.max_new_tokens,
+           "runner_tok_s": runner_tokens / seconds,
+           "same_work_tok_s": same_tokens / same_seconds,
+           "fixed_tok_s": fixed_tokens / fixed_seconds}
+    row["runner_vs_same_work"] = row["runner_tok_s"] / row["same_work_tok_s"]
+    row["runner_vs_fixed"] = row["runner_tok_s"] / row["fixed_tok_s"]
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  print("| arm | batch | median prompt | runner tok/s | same work tok/s | fixed tok/s | "
+        "runner / same work | runner / fixed |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['arm']} | {r['batch']} | {r['prompt_tokens_median']} | "
+          f"{r['runner_tok_s']:.0f} | {r['same_work_tok_s']:.0f} | {r['fixed_tok_s']:.0f} | "
+          f"{r['runner_vs_same_work']:.2f}x | {r['runner_vs_fixed']:.2f}x |")
+  if args.out:
+    Path(args.out).write_text(json.dumps({"rows": rows, "dtype": config.dtype,
+                                          "provenance": provenance_record()}, indent=1))
+  del np
+
+
+if __name__ == "__main__":
+  main()
