@@ -521,3 +521,17 @@ def test_bad_multiple_choice_row_names_file_and_line(domain, tmp_path):
   config = tiny_config("m", domain, **{"data.general": bad})
   with pytest.raises(ExperimentDataError, match=r"data.general: .*mc.jsonl:2: \"answer\" must"):
     data_lib.load(config.data)
+
+
+def test_every_arm_declares_config_keys_that_exist():
+  """An arm's cache key is derived from the config keys its declaration reads: each must exist."""
+  from ftjax.arms import registry
+  from ftjax.experiment.cache import config_values
+  config = experiment_config()
+  for arm in registry.ARMS.values():
+    values = config_values(config, registry.reads(arm))
+    assert set(values) == set(registry.reads(arm)), arm.name
+  assert "retrieval.k" in registry.reads(registry.get("rag"))
+  assert "retrieval.k" not in registry.reads(registry.get("raft_oracle"))
+  assert "style.instruction" in registry.reads(registry.get("prompted_rag"))
+  assert "cag" in registry.reads(registry.get("cag"))

@@ -55,6 +55,27 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("cag", "base", "corpus", False, "the whole corpus prefilled into the KV cache"),
 )}
 
+# The experiment config keys (dotted) an arm's answers depend on, by what its prompt holds: its
+# cache key is derived from these declarations (`ftjax.experiment.stages.answer_key`), so a
+# setting an arm reads cannot be left out of its key by hand.
+READS_ALWAYS = ("sampling", "seed", "data.max_eval_questions", "prompt.system_prompt")
+READS_STYLED = ("style.instruction", "prompt.num_few_shot")
+READS_PASSAGES = {
+    "none": (),
+    "retrieved": ("retrieval.method", "retrieval.k", "retrieval.max_prompt_tokens",
+                  "retrieval.groups", "prompt.rag_instruction"),
+    "oracle": ("raft.num_distractors", "raft.test_distractors", "raft.distractors",
+               "retrieval.method", "retrieval.max_prompt_tokens", "retrieval.groups",
+               "prompt.rag_instruction"),
+    "corpus": ("cag", "retrieval.groups", "prompt.cag_instruction"),
+}
+
+
+def reads(arm: Arm) -> tuple[str, ...]:
+  """Every config key `arm`'s answers read."""
+  return READS_ALWAYS + (READS_STYLED if arm.styled else ()) + READS_PASSAGES[arm.passages]
+
+
 NAMES = tuple(ARMS)
 DEFAULT = tuple(a.name for a in ARMS.values() if a.default)
 TUNED = tuple(a.name for a in ARMS.values() if a.tuned)

@@ -23,6 +23,18 @@ def digest(key: Any) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def config_values(config, keys) -> dict[str, Any]:
+  """{dotted key: its value (a group as a dict)} of `config` (an ml_collections ConfigDict)."""
+  out = {}
+  for key in keys:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    out[key] = value.to_dict() if hasattr(value, "to_dict") else (
+        list(value) if isinstance(value, tuple) else value)
+  return out
+
+
 class StageCache:
   def __init__(self, root: str | os.PathLike):
     self.root = Path(root)

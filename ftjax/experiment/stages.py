@@ -26,7 +26,7 @@ from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import planting
-from ftjax.experiment.cache import StageCache, digest
+from ftjax.experiment.cache import StageCache, config_values, digest
 from ftjax.generate import SamplingConfig
 from ftjax.prompts import document_messages, example_messages, paraphrase_request
 
@@ -464,33 +464,22 @@ def _few_shot(ctx: Context) -> list[tuple[str, str]]:
 
 
 def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None) -> dict:
-  c = ctx.config
-  key = {"arm": arm, "model": model_key, "sampling": c.sampling.to_dict(), "seed": c.seed,
-         "questions": {s: ctx.data.hashes.get(s) for s in SPLITS},
-         "max_eval_questions": c.data.max_eval_questions,
-         "system_prompt": c.prompt.system_prompt, "splits": answer_splits(ctx, arm)}
-  if "train" in key["splits"]:
-    key["train_questions"] = digest([q.input for q in ctx.data.questions["train"]])
+  """What an arm's answers depend on: the model (weights hashed), the question files, and the
+  config keys and data inputs the arm's declaration reads (`ftjax.arms.registry.reads`)."""
   spec = arm_registry.get(arm)
-  if spec.styled:
-    key.update(style_instruction=c.style.instruction, few_shot=c.prompt.num_few_shot,
-               train=ctx.data.hashes["train"])
-  if spec.uses_index:
-    key.update(max_prompt_tokens=c.retrieval.max_prompt_tokens,
-               instruction=c.prompt.rag_instruction)
-  if spec.passages == "retrieved":
-    key.update(index=index_folder.name, method=c.retrieval.method, k=c.retrieval.k)
-  if spec.passages == "oracle":  # the whole documents; the retriever only picks distractors
-    key.update(docs=ctx.data.hashes["docs"], test_distractors=test_distractors(ctx),
-               distractors=c.raft.distractors)
-    if c.raft.distractors == "retrieved":
-      key.update(index=index_folder.name, method=c.retrieval.method)
-  if spec.passages == "corpus":
-    key.update(docs=ctx.data.hashes["docs"], instruction=c.prompt.cag_instruction,
-               cag=c.cag.to_dict())
-  if c.retrieval.groups and spec.passages != "none":
-    key.update(groups=sorted(c.retrieval.groups))
-  return key
+  splits = answer_splits(ctx, arm)
+  inputs = {"questions": {s: ctx.data.hashes.get(s) for s in SPLITS}}
+  if "train" in splits:
+    inputs["train_questions"] = digest([q.input for q in ctx.data.questions["train"]])
+  if spec.styled:  # few-shot examples come from the training file
+    inputs["train"] = ctx.data.hashes["train"]
+  if spec.passages in ("oracle", "corpus"):
+    inputs["docs"] = ctx.data.hashes["docs"]
+  if spec.passages == "retrieved" or (spec.passages == "oracle"
+                                      and ctx.config.raft.distractors == "retrieved"):
+    inputs["index"] = index_folder.name
+  return {"arm": arm, "model": model_key, "splits": splits, "inputs": inputs,
+          "config": config_values(ctx.config, arm_registry.reads(spec))}
 
 
 def answer_splits(ctx: Context, arm: str) -> list[str]:
@@ -525,7 +514,8 @@ def make_oracle_search(ctx: Context, index=None):
   documents = {d.doc_id: (d.text, d.acl) for d in visible_docs(ctx)}
   doc_of = {q.input: q.doc_id for s in ctx.data.questions.values() for q in s if q.doc_id}
   return oracle_search(search_fn(ctx, index) if index is not None else None, documents,
-                       doc_of, test_distractors(ctx), distractors=r.distractors, seed=ctx.config.seed)
+                       doc_of, test_distractors(ctx), distractors=r.distractors,
+                       seed=ctx.config.seed)
 
 
 def cag_docs(ctx: Context) -> list[data_lib.Doc]:
