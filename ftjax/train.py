@@ -18,11 +18,9 @@ import json
 import math
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ftjax import provenance
 from ftjax.models import lora as lora_lib
 from ftjax.checkpoints import Pretrained, load
 from ftjax.config import ConfigError, validate
@@ -65,30 +64,6 @@ class TrainingDiverged(RuntimeError):
 
 class WorkdirError(OSError):
   """The working directory cannot be created or written to."""
-
-
-def _versions() -> dict[str, str]:
-  names = ["ftjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
-           "tensorflow-datasets", "ml-collections"]
-  found = {}
-  for name in names:
-    try:
-      found[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      found[name] = "not installed"
-  return found
-
-
-def _git_commit() -> str:
-  root = Path(__file__).resolve().parent.parent
-  try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                            text=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 class _Preemption:
@@ -351,8 +326,7 @@ def _write_run_record(config: ml_collections.ConfigDict, workdir: Path, mesh, tr
                       data):
   """model.json (what `ftjax.load(workdir)` needs), run_info.json and config.json."""
   run_model(config).write(workdir)
-  run_info = {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
-              "mesh": dict(mesh.shape), "devices": [str(d) for d in jax.devices()],
+  run_info = {"config": config.to_dict(), **provenance.record(), "mesh": dict(mesh.shape),
               "process_count": jax.process_count(), "trainable_params": train.num_trainable,
               "total_params": train.num_total,
               "model_config": dataclasses.asdict(train.model_config),
