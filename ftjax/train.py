@@ -13,10 +13,8 @@ model.json says what was trained, so `ftjax.load(workdir)` returns the trained m
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
-import re
 import signal
 import sys
 import threading
@@ -36,6 +34,7 @@ from ftjax.checkpoints import Pretrained, load
 from ftjax.config import ConfigError, validate
 from ftjax.sharding import batch_sharding, replicated, shard_batch
 from ftjax.checkpoints.orbax_store import Checkpointer
+from ftjax.training.errors import TrainingDiverged, WorkdirError
 from ftjax.training.metrics import MetricWriter, flops_per_token, peak_flops_per_device
 from ftjax.training.state import TrainState, make_train_mesh, restore_or_init, run_model
 from ftjax.training.step import make_step_fns
@@ -56,14 +55,6 @@ class TrainResult:
   trainable_params: int
   total_params: int
   preempted: bool = False
-
-
-class TrainingDiverged(RuntimeError):
-  """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-class WorkdirError(OSError):
-  """The working directory cannot be created or written to."""
 
 
 class _Preemption:
@@ -338,76 +329,16 @@ def _write_run_record(config: ml_collections.ConfigDict, workdir: Path, mesh, tr
         f"({100 * train.num_trainable / train.num_total:.2f}%)", flush=True)
 
 
-def _user_errors():
-  from ftjax.checkpoints import CheckpointError
-  from ftjax.data import DataConfigError
-  from ftjax.models.config import UnsupportedModelError
-  from ftjax.sharding import MeshConfigError
-  from ftjax.audit import AuditError, AuditInputError
-  return (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError, MeshConfigError,
-          TrainingDiverged, WorkdirError, AuditError, AuditInputError)
-
-
-def _check_override_keys(argv: list[str]):
-  """ConfigError naming an unknown key in a `--config.KEY=VALUE` override (absl's own message
-  names only the last part of the key)."""
-  from ftjax.config import _flatten, base_config
-  known = {name for name, _ in _flatten(base_config())}
-  for arg in argv[1:]:
-    match = re.match(r"--?config\.([^=\s]+)", arg)
-    if match and match[1] not in known:
-      close = difflib.get_close_matches(match[1], sorted(known), n=1)
-      hint = f" (did you mean {close[0]}?)" if close else ""
-      raise ConfigError(f"config key {match[1]}: unknown{hint}")
-
-
-def _one_line(err: Exception) -> str:
-  return " ".join(str(err).split())  # absl's flag errors span lines
-
-
 def main(argv=None):
   """The command line. Every user error (config, data, checkpoint, divergence) ends it with one
   `error: ...` line on stderr and exit status 2. Callable more than once in a process."""
-  from absl import flags, logging
-  from ml_collections import config_flags
-
-  argv = list(sys.argv if argv is None else argv)
-  flag_values = flags.FlagValues()  # not absl's global FLAGS, so that main can run again
-  config_flag = config_flags.DEFINE_config_file("config", None, "recipe file (configs/*.py)",
-                                                flag_values=flag_values, lock_config=True,
-                                                sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, resolved config)",
-                      flag_values=flag_values)
-  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-    print(f"{__doc__}\n{flag_values.get_help()}")
-    sys.exit(0)
-  try:
-    _check_override_keys(argv)
-    flag_values(argv)
-    for name in ("config", "workdir"):
-      if flag_values[name].value is None:
-        raise flags.Error(f"--{name} is required")
-    config = config_flag.value
-    config.keys()  # a recipe that failed to load raises only when it is first used
-  except ConfigError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
-    # Mistyped --config.KEY=VALUE overrides, a missing or broken recipe file.
-    message = _one_line(err)
-    mistyped = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", message)
-    if mistyped:
-      message = f"config key {mistyped[1]}: cannot use {mistyped[2]!r} ({mistyped[3]})"
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()  # absl logging otherwise warns that flags were not parsed
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  try:
-    run(config, flag_values.workdir)
-  except _user_errors() as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+  from ftjax import cli
+  from ftjax.config import base_config
+  config, workdir = cli.parse_config_flags(
+      argv, doc=__doc__, config_help="recipe file (configs/*.py)",
+      workdir_help="run directory (checkpoints, metrics, resolved config)",
+      known_keys=cli.config_keys(base_config()))
+  cli.run_main(run, config, workdir)
 
 
 if __name__ == "__main__":

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
   from lm_eval.__main__ import cli_evaluate
 
   import ftjax.evaluation.harness  # noqa: F401  (registers "ftjax")
+  from ftjax import cli
   from ftjax.checkpoints import CheckpointError
   from ftjax.models.config import UnsupportedModelError
   if argv is not None:
@@ -259,11 +260,9 @@ def main(argv: list[str] | None = None) -> None:
   try:
     cli_evaluate()
   except HarnessArgumentError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(err)
   except (CheckpointError, UnsupportedModelError) as err:
-    print(f"error: --model_args model: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"--model_args model: {err}")
 
 
 if __name__ == "__main__":
