@@ -83,7 +83,7 @@ def audit(config, workdir, progress):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _sequence_logprobs(cfg, params, lora, tokens, targets, mask):
   from ftjax.models.transformer import forward
-  from ftjax.training.step import cross_entropy
+  from ftjax.training.loss import cross_entropy
   logits = forward(cfg, params, tokens, lora=lora)  # [batch, seq, vocab]
   return -(cross_entropy(logits, targets) * mask).sum(axis=-1)
 
