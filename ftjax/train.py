@@ -88,7 +88,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = Path(workdir)
   _check_writable(workdir)
   is_main = jax.process_index() == 0
-  config = _audit_gate(config, workdir)
+  from ftjax import audit
+  config = audit.gate(config, workdir).config  # data.audit: warn, stop, or redacted copies
 
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy,
@@ -254,35 +255,6 @@ def _check_writable(workdir: Path):
   except OSError as err:
     raise WorkdirError(f"workdir {workdir}: cannot write there "
                        f"({err.strerror or type(err).__name__})") from None
-
-
-def _audit_gate(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
-  """`data.audit`: audits the train/eval files (not `tfds:` sources) and applies the gate; for
-  "redact" returns a config that trains on redacted copies under <workdir>/audit (every process
-  writes its own, identical, copy: no shared-filesystem race)."""
-  mode = config.data.audit
-  if mode == "off":
-    return config
-  from ftjax.audit import audit_files, gate, redact_file
-  files = {key: config.data[key] for key in ("train", "eval")
-           if config.data[key] and not config.data[key].startswith("tfds:")}
-  if not files:
-    print(f"data.audit={mode}: nothing to audit (tfds sources are not audited)", file=sys.stderr)
-    return config
-  report = audit_files([files["train"]] if "train" in files else [],
-                       [files["eval"]] if "eval" in files else [])
-  gate(report, mode)
-  if mode != "redact":
-    return config
-  config = ml_collections.ConfigDict(config.to_dict())
-  folder = workdir / "audit" / f"process-{jax.process_index()}"
-  folder.mkdir(parents=True, exist_ok=True)
-  for key, path in files.items():
-    target = folder / f"{key}.redacted{Path(path).suffix}"
-    replaced = redact_file(path, str(target), report.findings)
-    print(f"data.audit=redact: {path} -> {target} ({replaced} spans replaced)", file=sys.stderr)
-    config.data[key] = str(target)
-  return config
 
 
 def _make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_main: bool):

@@ -41,41 +41,31 @@ _AUDITED = {"train": ("train", "decline_train", "update_train"),
 
 def audit(config, workdir, progress):
   """Audit counts of the experiment's own files (when `data.audit` is not off, or `security` is
-  on), then the gate: warn, stop (error), or redact: the training files are replaced by
-  redacted copies in WORKDIR/audit. Returns (the audit's record or None, the config to run)."""
-  from pathlib import Path
+  on), then the gate (`ftjax.audit.gate`): warn, stop (error), or redact: the training files are
+  replaced by redacted copies in WORKDIR/audit/process-N/. Returns (the audit's record or None, the config to run)."""
   mode = config.data.audit
   if mode == "off" and not config.security.enabled:
     return None, config
   try:
-    from ftjax.audit import AuditError, AuditInputError, audit_files, gate, redact_file
+    from ftjax import audit as audit_lib
   except ImportError as err:
     progress.say(f"[audit] skipped: ftjax.audit is not available ({err})")
     return {"mode": mode, "skipped": f"ftjax.audit is not available ({err})"}, config
-  files = {group: [config.data[k] for k in keys if config.data[k] and Path(config.data[k]).is_file()]
-           for group, keys in _AUDITED.items()}
   try:
-    report = audit_files(files["train"], files["eval"], files["docs"])
-    gate(report, mode)
-  except (AuditError, AuditInputError) as err:
+    result = audit_lib.gate(config, workdir, _AUDITED, skip_missing=True, always=True)
+  except (audit_lib.AuditError, audit_lib.AuditInputError) as err:
     raise data_lib.ExperimentDataError(f"data.audit: {err}") from None
+  if result.report is None:
+    return {"mode": mode, "skipped": "no data file to audit"}, config
+  report = result.report
   progress.say(f"[audit] {report.rows} rows: " + (", ".join(
       f"{n} {kind}" for kind, n in report.counts.items() if n) or "no findings"))
   record = {"mode": mode, "rows": report.rows, "counts": dict(report.counts),
-            "findings": len(report.findings), "files": files,
+            "findings": len(report.findings), "files": result.files,
             "first_findings": list(report.findings[:20])}
   if mode == "redact":
-    import ml_collections
-    config = ml_collections.ConfigDict(config.to_dict())
-    folder = Path(workdir) / "audit"
-    folder.mkdir(parents=True, exist_ok=True)
-    record["redacted"] = {}
-    for key in _AUDITED["train"]:
-      if config.data[key] in files["train"]:
-        target = folder / f"{key}{Path(config.data[key]).suffix}"
-        record["redacted"][key] = redact_file(config.data[key], str(target))
-        config.data[key] = str(target)
-  return record, config
+    record["redacted"] = result.redacted
+  return record, result.config
 
 
 # ----------------------------------------------------------------------------- log-likelihoods
