@@ -12,7 +12,7 @@
     those questions answered with the wrong value. Fractions are nested (a smaller fraction
     poisons a prefix of the same rows), and each poisoned fine-tuning run is the arm's recipe on
     the poisoned examples, cached like every training stage; fraction 0 is the arm itself.
-  * Audit: `ftjax.audit.audit_files` over the experiment's own files, gated by `data.audit`.
+  * Audit: `ftjax.audit.gate` over the experiment's own files, by `data.audit`.
 
 Metrics are computed in `ftjax.evaluation.security` from what these stages record.
 """
@@ -20,12 +20,8 @@ Metrics are computed in `ftjax.evaluation.security` from what these stages recor
 from __future__ import annotations
 
 import dataclasses
-import functools
 import random
 from typing import Sequence
-
-import jax
-import numpy as np
 
 from ftjax.evaluation import qa as scoring
 from ftjax.evaluation import security as metrics
@@ -34,6 +30,7 @@ from ftjax.experiment import stages
 from ftjax.experiment.cache import digest
 from ftjax.experiment.planting import (SPACE_SIZE, Canary, canaries, plant, poison_conversations,
                                        poison_docs, poison_plan, random_secret)
+from ftjax.generation.scoring import continuation_logprobs
 
 _AUDITED = {"train": ("train", "decline_train", "update_train"),
             "eval": ("eval", "unanswerable", "general", "update_eval"), "docs": ("docs", "updates")}
@@ -66,41 +63,6 @@ def audit(config, workdir, progress):
   if mode == "redact":
     record["redacted"] = result.redacted
   return record, result.config
-
-
-# ----------------------------------------------------------------------------- log-likelihoods
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _sequence_logprobs(cfg, params, lora, tokens, targets, mask):
-  from ftjax.models.transformer import forward
-  from ftjax.training.loss import cross_entropy
-  logits = forward(cfg, params, tokens, lora=lora)  # [batch, seq, vocab]
-  return -(cross_entropy(logits, targets) * mask).sum(axis=-1)
-
-
-def continuation_logprobs(model, prompt_ids: Sequence[int],
-                          continuations: Sequence[Sequence[int]], batch_size: int = 16
-                          ) -> list[float]:
-  """log p(continuation | prompt) under `model` (its adapters applied), one per continuation."""
-  cfg, lora = model.config, None
-  if getattr(model, "adapters", None) is not None:
-    cfg, lora = model.adapters.model_config(cfg), model.adapters.params
-  length = -(-(len(prompt_ids) + max(map(len, continuations)) - 1) // 16) * 16
-  rows = -(-len(continuations) // batch_size) * batch_size
-  tokens = np.zeros((rows, length), np.int32)
-  targets = np.zeros((rows, length), np.int32)
-  mask = np.zeros((rows, length), np.float32)
-  for r in range(rows):
-    sequence = list(prompt_ids) + list(continuations[r % len(continuations)])
-    tokens[r, :len(sequence) - 1] = sequence[:-1]
-    targets[r, :len(sequence) - 1] = sequence[1:]
-    mask[r, len(prompt_ids) - 1:len(sequence) - 1] = 1.0
-  out = []
-  for at in range(0, rows, batch_size):
-    part = slice(at, at + batch_size)
-    out += np.asarray(_sequence_logprobs(cfg, model.params, lora, tokens[part], targets[part],
-                                         mask[part])).tolist()
-  return out[:len(continuations)]
 
 
 def _canary_prompt_ids(ctx, tokenizer, canary: Canary) -> list[int]:
