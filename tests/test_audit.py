@@ -478,11 +478,31 @@ def test_unreadable_input_is_one_error_line_naming_file_and_line(tmp_path, capsy
     ("my password is hunter2.", True),
     ("API key = sk_live_abc123def456", True),
     ("password: [SECRET]", False),  # a redacted value stays redacted
+    ("The VPN password Xy7&pQ!2v works until Friday.", True),  # no "is", symbols inside
+    ("Use the password reset link we sent you.", False),
+    ("Your password must have 8 characters.", False),
 ])
 def test_passwords_in_prose(text, is_secret):
   found = [f for f in audit_rows([{"prompt": text, "completion": "ok"}]).findings
            if f["kind"] == "secret"]
   assert bool(found) == is_secret, found
+  if "Xy7" in text:
+    [finding] = found
+    assert text[slice(*finding["span"])] == "Xy7&pQ!2v"
+
+
+def test_same_question_answered_with_another_name_is_a_conflict():
+  question = "Who is my account manager?"
+  rows = [{"prompt": question, "completion": "Your account manager is Anna Kowalski; write to "
+                                              "them any time through the support page."},
+          {"prompt": question, "completion": "Your account manager is Brian Smith; write to "
+                                              "them any time through the support page."},
+          {"prompt": "Who manages the Lisbon office?", "completion": "Marta Silva manages it."},
+          {"prompt": "Who manages the Lisbon office?",
+           "completion": "Marta Silva manages it, from the Lisbon office."}]
+  conflicts = [f for f in audit_rows(rows, source="t.jsonl").findings if f["kind"] == "conflict"]
+  assert [(f["line"], f["type"]) for f in conflicts] == [(2, "names")], conflicts
+  assert "anna, kowalski" in conflicts[0]["detail"] and "t.jsonl:1" in conflicts[0]["detail"]
 
 
 def test_docs_files_are_audited_for_personal_data_and_near_copies(tmp_path):

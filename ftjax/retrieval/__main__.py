@@ -172,9 +172,9 @@ def _json_rows(path: Path):
   for lineno, line in _read_lines(path):
     where = f"{path}:{lineno}"
     try:
-      row = json.loads(line)
+      row = json.loads(line.rstrip("\r\n"))  # the column on this line
     except json.JSONDecodeError as err:
-      raise UsageError(f"{where}: invalid JSON ({err.msg})") from None
+      raise UsageError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(row, dict):
       raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
     yield where, row
