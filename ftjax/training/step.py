@@ -139,6 +139,18 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
   return StepFns(train_step, eval_step)
 
 
+def jit_step_fns(fns: StepFns, train, mesh: Mesh) -> StepFns:
+  """The step functions jit-compiled for `train` (a `training.state.TrainState`) on `mesh`: the
+  trainable state is donated to the train step; metrics come back replicated."""
+  from ftjax.sharding import batch_sharding, replicated
+  in_shardings = (train.shardings, train.frozen_shardings, batch_sharding(mesh))
+  return StepFns(
+      train_step=jax.jit(fns.train_step, in_shardings=in_shardings,
+                         out_shardings=(train.shardings, replicated(mesh)), donate_argnums=(0,)),
+      eval_step=jax.jit(fns.eval_step, in_shardings=in_shardings,
+                        out_shardings=replicated(mesh)))
+
+
 def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
   """AdamW with warmup then cosine / linear / constant decay, and global-norm clipping."""
   peak = opt_cfg.learning_rate
