@@ -20,11 +20,12 @@ def main(argv=None):
   workdir = Path(argv[0] if argv else ROOT / "runs" / "demo")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  from ftjax import cli
   from ftjax.experiment import report, run
   from ftjax.experiment.config import load_config_file
   config = load_config_file(str(ROOT / "configs" / "experiments" / "support.py"))
   started = time.perf_counter()
-  summary = run(config, workdir)
+  summary = cli.run_main(run, config, workdir)
   report.print_summary(workdir, summary)
   print(f"demo finished in {time.perf_counter() - started:.0f} s")
 

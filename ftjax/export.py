@@ -15,16 +15,12 @@ import argparse
 import sys
 from typing import Sequence
 
+from ftjax import cli
 from ftjax.checkpoints.export import DEFAULT_MAX_SHARD_BYTES, export
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, as every other user error
-    self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m ftjax.export", description=__doc__,
+  parser = cli.Parser(prog="python -m ftjax.export", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", required=True,
                       help="training workdir, registered name, HF folder or .gguf file")
@@ -47,15 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
   except SystemExit as exit:  # a usage error (already printed) or --help
     return exit.code
-  from ftjax.checkpoints import CheckpointError
-  from ftjax.models.config import UnsupportedModelError
-  try:
-    out = export(args.model, args.out, args.format, merge=args.merge, dtype=args.dtype,
-                 overwrite=args.overwrite, gguf_type=args.gguf_type,
-                 max_shard_bytes=args.max_shard_bytes)
-  except (CheckpointError, UnsupportedModelError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  return cli.run_main(_export, args, exit=False)
+
+
+def _export(args: argparse.Namespace) -> int:
+  out = export(args.model, args.out, args.format, merge=args.merge, dtype=args.dtype,
+               overwrite=args.overwrite, gguf_type=args.gguf_type,
+               max_shard_bytes=args.max_shard_bytes)
   print(f"wrote {out}")
   return 0
 

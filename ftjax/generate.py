@@ -23,8 +23,9 @@ __all__ = ["Completion", "PrefixCache", "Prompt", "SamplingConfig", "chat_prefix
 
 def build_parser() -> argparse.ArgumentParser:
   defaults = SamplingConfig()  # the one place generation defaults live
-  parser = argparse.ArgumentParser(prog="python -m ftjax.generate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from ftjax import cli
+  parser = cli.Parser(prog="python -m ftjax.generate", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="smollm2-135m-instruct",
                       help="registered name, local HF folder / .gguf file, or hub id")
   parser.add_argument("--prompt", action="append", required=True,
@@ -60,16 +61,16 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from ftjax import cli
   args = build_parser().parse_args(argv)
-  from ftjax.checkpoints import CheckpointError, load
-  from ftjax.models.config import UnsupportedModelError
-  try:
-    model = load(args.model, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    completions = generate(model, args.prompt, sampling_from_args(args), chat=not args.no_chat,
-                           system_prompt=args.system)
-  except (CheckpointError, UnsupportedModelError, ValueError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  return cli.run_main(_generate, args, errors=(ValueError,), exit=False)
+
+
+def _generate(args: argparse.Namespace) -> int:
+  from ftjax.checkpoints import load
+  model = load(args.model, dtype=args.dtype, allow_pickle=args.allow_pickle)
+  completions = generate(model, args.prompt, sampling_from_args(args), chat=not args.no_chat,
+                         system_prompt=args.system)
   for prompt, completion in zip(args.prompt, completions):
     if len(args.prompt) > 1:
       print(f"### {prompt}")

@@ -10,24 +10,16 @@ prices); `--hardware cpu` measures this machine once (a few seconds) and caches 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 
+from ftjax import cli
 from ftjax.planning.estimate import REMAT_POLICIES, PlanInputs, plan
 from ftjax.planning.hardware import HARDWARE_NAMES, get_hardware
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _fail(option: str, message: str):
-  print(f"error: {option}: {message}", file=sys.stderr)
-  sys.exit(2)
+  cli.fail(f"{option}: {message}")
 
 
 def model_config(name: str):
@@ -96,7 +88,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None):
-  parser = _Parser(prog="python -m ftjax.plan", description=__doc__.splitlines()[0])
+  parser = cli.Parser(prog="python -m ftjax.plan", description=__doc__.splitlines()[0])
   parser.add_argument("--model", required=True, help="registered name, folder, hub id or workdir")
   parser.add_argument("--method", choices=("lora", "full"), required=True)
   parser.add_argument("--train_tokens", type=float, required=True)
@@ -120,12 +112,7 @@ def main(argv=None):
     if getattr(args, option) is not None and getattr(args, option) < 0:
       _fail(f"--{option}", f"must be >= 0, got {getattr(args, option):g}")
 
-  from ftjax.checkpoints import CheckpointError
-  from ftjax.models.config import UnsupportedModelError
-  try:
-    cfg = model_config(args.model)
-  except (CheckpointError, UnsupportedModelError, OSError, ValueError) as err:
-    _fail("--model", str(err).splitlines()[0])
+  cfg = cli.run_main(model_config, args.model, errors=(OSError, ValueError), prefix="--model: ")
   if args.seq_len > cfg.max_position_embeddings:
     _fail("--seq_len", f"{args.seq_len} exceeds the model's context of "
           f"{cfg.max_position_embeddings}")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ftjax.audit import (AuditError, AuditInputError, AuditReport, audit_files, audit_rows, gate,
+from ftjax.audit import (AuditError, AuditInputError, AuditReport, audit_files, audit_rows, enforce,
                          redact_file)
 from ftjax.audit.__main__ import main
 from ftjax.audit.pii import iban_ok, luhn_ok, pesel_birth_date
@@ -376,30 +376,30 @@ def test_audit_rows_in_memory():
   assert [(f["file"], f["line"], f["type"]) for f in report.findings] == [("mem", 2, "phone")]
 
 
-def test_gate_modes(capsys):
+def test_enforce_modes(capsys):
   clean = audit_rows([{"prompt": "Where is my order?", "completion": "It ships today."}])
   dup_only = audit_rows([{"prompt": "Where is my order?", "completion": "It ships today."}] * 2)
   pii = audit_rows([{"prompt": "x", "completion": "ok"},
                     {"prompt": "mail me at ann@example.com", "completion": "ok"}], source="t.jsonl")
-  gate(pii, "off")
+  enforce(pii, "off")
   assert capsys.readouterr().err == ""
-  gate(pii, "warn")
+  enforce(pii, "warn")
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "1 pii" in err and "t.jsonl:2" in err
   with pytest.raises(AuditError, match=r"t\.jsonl:2 pii/email") as raised:
-    gate(pii, "error")
+    enforce(pii, "error")
   assert isinstance(raised.value, ValueError)
-  gate(dup_only, "error")  # duplicates alone do not stop a run
+  enforce(dup_only, "error")  # duplicates alone do not stop a run
   assert "1 duplicate" in capsys.readouterr().err
-  gate(clean, "error")
+  enforce(clean, "error")
   assert capsys.readouterr().err == ""
-  gate(pii, "redact")  # redaction will handle pii; only contamination is refused
+  enforce(pii, "redact")  # redaction will handle pii; only contamination is refused
   contaminated = AuditReport([{"file": "t.jsonl", "line": 3, "kind": "contamination",
                                "type": "eval_question", "field": "prompt", "detail": "x"}], 3)
   with pytest.raises(AuditError, match="t.jsonl:3"):
-    gate(contaminated, "redact")
+    enforce(contaminated, "redact")
   with pytest.raises(ValueError, match="mode"):
-    gate(clean, "loud")
+    enforce(clean, "loud")
 
 
 def test_cli_writes_json_and_exits_zero(dataset, tmp_path):
@@ -478,11 +478,31 @@ def test_unreadable_input_is_one_error_line_naming_file_and_line(tmp_path, capsy
     ("my password is hunter2.", True),
     ("API key = sk_live_abc123def456", True),
     ("password: [SECRET]", False),  # a redacted value stays redacted
+    ("The VPN password Xy7&pQ!2v works until Friday.", True),  # no "is", symbols inside
+    ("Use the password reset link we sent you.", False),
+    ("Your password must have 8 characters.", False),
 ])
 def test_passwords_in_prose(text, is_secret):
   found = [f for f in audit_rows([{"prompt": text, "completion": "ok"}]).findings
            if f["kind"] == "secret"]
   assert bool(found) == is_secret, found
+  if "Xy7" in text:
+    [finding] = found
+    assert text[slice(*finding["span"])] == "Xy7&pQ!2v"
+
+
+def test_same_question_answered_with_another_name_is_a_conflict():
+  question = "Who is my account manager?"
+  rows = [{"prompt": question, "completion": "Your account manager is Anna Kowalski; write to "
+                                              "them any time through the support page."},
+          {"prompt": question, "completion": "Your account manager is Brian Smith; write to "
+                                              "them any time through the support page."},
+          {"prompt": "Who manages the Lisbon office?", "completion": "Marta Silva manages it."},
+          {"prompt": "Who manages the Lisbon office?",
+           "completion": "Marta Silva manages it, from the Lisbon office."}]
+  conflicts = [f for f in audit_rows(rows, source="t.jsonl").findings if f["kind"] == "conflict"]
+  assert [(f["line"], f["type"]) for f in conflicts] == [(2, "names")], conflicts
+  assert "anna, kowalski" in conflicts[0]["detail"] and "t.jsonl:1" in conflicts[0]["detail"]
 
 
 def test_docs_files_are_audited_for_personal_data_and_near_copies(tmp_path):
@@ -518,3 +538,25 @@ def test_conflicts_are_other_facts_not_other_greetings():
   ])
   assert [(f["line"], f["kind"], f["type"]) for f in report.findings] == [
       (3, "conflict", "numbers"), (4, "conflict", "label")]
+
+
+def test_gate_redacts_the_training_file_only_into_the_one_layout(tmp_path, capsys):
+  import ml_collections
+  from ftjax.audit import gate, redacted_path
+  train, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+  train.write_text(json.dumps({"prompt": "mail me", "completion": "at ann@example.com"}) + "\n")
+  evals.write_text(json.dumps({"prompt": "call bob", "completion": "on bob@example.com"}) + "\n")
+  config = ml_collections.ConfigDict(
+      {"data": {"train": str(train), "eval": str(evals), "audit": "off"}})
+  assert gate(config, tmp_path / "run").config is config  # off: nothing read, nothing written
+  config.data.audit = "error"
+  with pytest.raises(AuditError, match=r"train\.jsonl:1 pii/email"):
+    gate(config, tmp_path / "run")
+  config.data.audit = "redact"
+  result = gate(config, tmp_path / "run")
+  target = tmp_path / "run" / "audit" / "process-0" / "train.redacted.jsonl"
+  assert redacted_path(tmp_path / "run", "train", str(train)) == target
+  assert result.config.data.train == str(target) and result.redacted == {"train": 1}
+  assert result.config.data.eval == str(evals)  # audited, never trained on: not replaced
+  assert "ann@example.com" not in target.read_text() and "ann@" in train.read_text()
+  assert f"{train} -> {target}" in capsys.readouterr().err

@@ -207,6 +207,30 @@ def test_on_bad_rows_error_names_file_and_line(build, tmp_path):
     build(train=str(too_long))
 
 
+def test_malformed_json_names_the_column_pythons_parser_reports(build, tmp_path):
+  path = tmp_path / "bad.jsonl"
+  path.write_text("\n".join(BAD_JSONL[:2]) + "\n")
+  [bad] = build(train=str(path), on_bad_rows="skip").report.bad_rows["malformed_json"]
+  try:
+    json.loads(BAD_JSONL[1])
+  except json.JSONDecodeError as err:
+    column = err.colno
+  assert column == len(BAD_JSONL[1]) + 1 and column > 1
+  assert bad.detail.endswith(f"at column {column}"), bad.detail
+
+
+def test_no_examples_left_says_why(build, tmp_path):
+  path = tmp_path / "long.jsonl"
+  path.write_text("\n".join([BAD_JSONL[7]] * 3) + "\n")
+  with pytest.raises(DataConfigError, match=re.escape(
+      f"{path}: no training examples left on process 0: all 3 rows are longer than "
+      f"seq_len={SEQ_LEN} tokens")):
+    build(train=str(path), on_bad_rows="skip")
+  path.write_text("\n".join([BAD_JSONL[7], BAD_JSONL[2]]) + "\n")
+  with pytest.raises(DataConfigError, match=r"all 2 rows were skipped: (1 \w+(, )?){2}"):
+    build(train=str(path), on_bad_rows="skip")
+
+
 def test_config_is_validated(build):
   with pytest.raises(DataConfigError, match="unknown data config key"):
     build(on_bad_row="skip")

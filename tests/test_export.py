@@ -157,6 +157,24 @@ def test_peft_export_matches_peft(family, tiny_models, tmp_path):
   assert jax.tree.all(jax.tree.map(np.array_equal, loaded.adapters.params, adapters.params))
 
 
+def test_exported_files_all_have_the_same_mode(tiny_models, tmp_path):
+  import os
+  import stat
+  source = tiny_models / "llama"
+  model = ftjax.load(str(source), tokenizer=False)
+  previous = os.umask(0o022)
+  try:
+    export(model._replace(adapters=_random_adapters(model.params)), tmp_path / "adapter", "peft",
+           base=str(source))
+    export(model, tmp_path / "hf", "hf", base=str(source))
+  finally:
+    os.umask(previous)
+  modes = {f"{folder}/{f.name}": stat.S_IMODE(f.stat().st_mode)
+           for folder in ("adapter", "hf") for f in (tmp_path / folder).iterdir()}
+  assert "adapter/adapter_model.safetensors" in modes and "hf/model.safetensors" in modes
+  assert set(modes.values()) == {0o644}, modes
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
 def test_adapter_made_by_peft_imports(family, tiny_models, tmp_path):
   import peft

@@ -143,6 +143,11 @@ def _truncate_largest_state_file(step_dir: Path):
   largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 3])
 
 
+def _delete_largest_state_file(step_dir: Path):
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+  max(files, key=lambda p: p.stat().st_size).unlink()
+
+
 def _garble_state_metadata(step_dir: Path):
   (step_dir / "state" / "_METADATA").write_text("{not json")
 
@@ -173,8 +178,8 @@ def four_steps(tiny_llama_folder, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _garble_state_metadata,
-                                    _nan_params])
+@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _delete_largest_state_file,
+                                    _garble_state_metadata, _nan_params])
 def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(
     tiny_llama_folder, four_steps, tmp_path, capsys, damage):
   workdir = tmp_path / "run"
@@ -185,12 +190,39 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(
   out, err = capsys.readouterr()
   warnings = [line for line in err.splitlines() if line.startswith("warning:")]
   assert len(warnings) == 1 and "checkpoint step 4" in warnings[0] and "damaged" in warnings[0]
+  # The one line, not Orbax's and TensorStore's tracebacks of every array read that failed.
+  for noise in ("Traceback", "never retrieved", "Exception ignored", "TensorStore({"):
+    assert noise not in err, err[:3000]
   assert "resumed from" in out and "at step 3" in out
   assert json.loads((workdir / "run_info.json").read_text())["resumed_at_step"] == 3
   assert result.step == 6 and [h["step"] for h in result.history] == [4, 5, 6]
   aside = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("4.damaged-")]
   assert len(aside) == 1 and (workdir / "checkpoints" / aside[0] / "state").is_dir()
   assert latest_step(workdir / "checkpoints") == 6
+
+
+def test_damaged_checkpoint_is_one_warning_line_in_a_process_of_its_own(tiny_llama_folder,
+                                                                         four_steps, tmp_path):
+  """In-process, pytest turns what Orbax's abandoned reads print into warnings; a process of its
+  own shows what a user sees: one `warning:` line, not a traceback per array read that failed."""
+  import os
+  import subprocess
+  import sys
+  workdir = tmp_path / "run"
+  shutil.copytree(four_steps, workdir)
+  _delete_largest_state_file(workdir / "checkpoints" / "4")
+  script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "import ftjax.train\nfrom test_reliability import _config\n"
+            f"ftjax.train.run(_config({str(tiny_llama_folder)!r}, num_steps=5), {str(workdir)!r})")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "checkpoint step 4" in warnings[0], proc.stderr[-3000:]
+  assert "TensorStore details" not in warnings[0]  # the reason, not the store's JSON spec
+  for noise in ("Traceback", "never retrieved", "Exception ignored", "TensorStore({"):
+    assert noise not in proc.stderr, proc.stderr[:3000]
+  assert latest_step(workdir / "checkpoints") == 5
 
 
 def test_resume_with_other_lora_rank_is_refused(tiny_llama_folder, tmp_path, capsys):

@@ -177,7 +177,8 @@ def test_audit_gate_stops_or_redacts(domain, tmp_path):
   record, config = security.audit(tiny_config("m", files, **{"data.audit": "redact"}),
                                   tmp_path / "r", Progress())
   assert record["counts"]["pii"] >= 1 and record["redacted"]["train"] >= 1
-  assert config.data.train == str(tmp_path / "r" / "audit" / "train.jsonl")
+  # The trainer's layout: one redacted copy per process (ftjax.audit.gate).
+  assert config.data.train == str(tmp_path / "r" / "audit" / "process-0" / "train.redacted.jsonl")
   assert "jane.doe@example.com" not in open(config.data.train).read()
 
 

@@ -20,7 +20,8 @@ import ftjax.train
 from ftjax.models import lora as lora_lib
 from ftjax.config import ConfigError, base_config
 from ftjax.models import forward
-from ftjax.training.step import cross_entropy, make_optimizer, make_step_fns, masked_loss_sums
+from ftjax.training.loss import cross_entropy
+from ftjax.training.step import make_optimizer, make_step_fns, masked_loss_sums
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 import ftjax
+from ftjax import provenance
 from ftjax.checkpoints import resolve
 from ftjax.models import matmul
 
@@ -136,12 +136,7 @@ def main():
   for label, ours, theirs in ratios:
     print(f"| {label} | {rate[ours] / rate[theirs]:.2f}x |")
   if args.out:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    record = {"args": vars(args), "commit": commit, "jax": jax.__version__,
-              "torch": torch.__version__, "transformers": metadata.version("transformers"),
-              "peft": metadata.version("peft"), "cpu_count": os.cpu_count(),
-              "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    record = {"args": vars(args), **provenance.record(("torch", "peft")),
               "load_avg_start": load_start, "load_avg_end": load_end,
               "step_s": times, "tok_per_s": rate,
               "first_step_s": {name: first for name, (_, first) in cases.items()},

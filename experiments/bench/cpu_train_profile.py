@@ -33,6 +33,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 import ftjax  # noqa: E402
+from ftjax import provenance  # noqa: E402
 from ftjax.checkpoints import resolve  # noqa: E402
 from ftjax.models.transformer import forward, hidden_states  # noqa: E402
 from ftjax.planning.hardware import cpu_name  # noqa: E402
@@ -244,9 +245,7 @@ def main():
   for name, seconds, n, shape in profile:
     print(f"| {name} | {seconds:.2f} | {n} | `{shape}` |")
   if args.out:
-    record = {"machine": {"cpu": cpu_name(), "threads": os.cpu_count()},
-              "versions": {"jax": jax.__version__, "torch": torch.__version__},
-              "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    record = {**provenance.record(("torch",)), "cpu": cpu_name(),
               "shape": [args.batch, args.seq_len],
               "parts_s": [{"part": n, "ftjax": o, "torch": t} for n, o, t in steps + parts],
               "gemm_gflops": [{"form": n, "ftjax": o, "torch": t} for n, o, t in gemms],

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -306,13 +305,9 @@ def main(argv=None):
   import jax
   device = jax.devices()[0]
   peak = peak_flops(device.device_kind, args.peak_tflops)
-  results = {"env": dict(jax=jax.__version__, backend=jax.default_backend(),
-                         device=device.device_kind, python=platform.python_version(),
-                         peak_tflops=peak / 1e12, argv=sys.argv[1:])}
-  try:
-    import torch
-    results["env"]["torch"] = torch.__version__
-  except ImportError:
+  from ftjax import provenance
+  results = {"env": {**provenance.record(("torch",)), "peak_tflops": peak / 1e12}}
+  if results["env"]["versions"]["torch"] is None:
     args.no_torch = True
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -30,6 +29,7 @@ import optax
 import torch
 
 import ftjax
+from ftjax import provenance
 from ftjax.checkpoints import resolve
 from ftjax.generate import SamplingConfig, encode_prompts, generate_ids
 from ftjax.models import forward
@@ -294,12 +294,8 @@ def report(rows, first_steps, memory, args):
     print(f"peak RSS, LoRA run ({memory['shape']}): ftjax {memory['ftjax_lora_run_peak_rss_gb']:.2f}"
           f" GB, peft {memory['peft_lora_run_peak_rss_gb']:.2f} GB")
   if args.out:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    record = {"args": vars(args), "commit": commit, "jax": jax.__version__,
-              "torch": torch.__version__, "transformers": metadata.version("transformers"),
-              "peft": metadata.version("peft"), "device": str(jax.devices()[0]),
-              "cpu_count": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0],
+    record = {"args": vars(args), **provenance.record(("torch", "peft")),
+              "load_avg_1m_end": os.getloadavg()[0],
               "rows": [dict(zip(("what", "shape", "ftjax", "peer", "unit"), r)) for r in rows],
               "first_step_s": first_steps, "memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -46,30 +44,12 @@ def numpy_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int, batch: int 
 
 
 def machine() -> dict:
+  """The provenance record's machine, with the CPU's name, memory and load at the start."""
+  from ftjax import provenance
   from ftjax.planning.hardware import cpu_name
-  cpu = cpu_name()
   mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem, 1),
-          "platform": platform.platform(), "load_avg_1m_start": os.getloadavg()[0]}
-
-
-def versions() -> dict:
-  import bm25s
-  import flax
-  import jax
-  import transformers
-  out = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
-         "flax": flax.__version__, "bm25s": bm25s.__version__,
-         "transformers": transformers.__version__}
-  try:
-    out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                   text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True
-                           ).stdout.strip()
-    out["commit"] += "+dirty" if dirty else ""
-  except (OSError, subprocess.CalledProcessError):
-    out["commit"] = "unknown"
-  return out
+  return {**provenance.machine(), "cpu": cpu_name(), "memory_gib": round(mem, 1),
+          "load_avg_1m_start": os.getloadavg()[0]}
 
 
 def main(argv=None):
@@ -83,14 +63,14 @@ def main(argv=None):
   parser.add_argument("--out", default="experiments/bench/results/retrieval.json")
   args = parser.parse_args(argv)
 
-  import jax
+  from ftjax import provenance
   from ftjax.retrieval import dense, metrics
   from ftjax.retrieval.corpus import Document
   from ftjax.retrieval.index import IndexConfig, RetrievalIndex
   from ftjax.data.synthetic import make_corpus
 
-  record = {"machine": machine(), "versions": versions(), "devices": str(jax.devices()),
-            "args": vars(args), "results": {}}
+  record = {**provenance.record(("bm25s",)), "machine": machine(), "args": vars(args),
+            "results": {}}
   res = record["results"]
   documents, qa = make_corpus(args.num_docs, seed=0)
   rng = np.random.default_rng(0)

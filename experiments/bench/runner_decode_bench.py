@@ -33,7 +33,7 @@ def main():
   parser.add_argument("--out", default="")
   args = parser.parse_args()
 
-  from ftjax import provenance_record
+  from ftjax.provenance import record as provenance_record
   from ftjax.experiment import data as data_lib
   from ftjax.experiment import stages
   from ftjax.experiment.cache import StageCache

@@ -10,20 +10,14 @@ import argparse
 import json
 import sys
 
+from ftjax import cli
 from ftjax.audit.checks import audit_files
 from ftjax.audit.fix import check_output_path, drop_rows, redact_file
 from ftjax.audit.report import BLOCKING
-from ftjax.audit.rows import AuditInputError
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, as every other ftjax command reports a usage error
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m ftjax.audit", description=__doc__.splitlines()[0])
+  parser = cli.Parser(prog="python -m ftjax.audit", description=__doc__.splitlines()[0])
   parser.add_argument("files", nargs="+", metavar="FILE", help="training data (.jsonl or .csv)")
   parser.add_argument("--eval", action="append", default=[], metavar="FILE",
                       help="eval data, checked for contamination of the training data")
@@ -48,20 +42,20 @@ def main(argv=None) -> int:
     parser.error("--out is only used with --fix redact|drop")
   if args.fix and len(args.files) != 1:
     parser.error(f"--fix writes one file; give exactly one training FILE (got {len(args.files)})")
-  try:
-    if args.fix:
-      check_output_path(args.out, [*args.files, *args.eval, *args.docs])
-    report = audit_files(args.files, args.eval, args.docs)
-    if args.fix == "redact":
-      replaced = redact_file(args.files[0], args.out, report.findings)
-      fix_line = f"redacted {replaced} spans -> {args.out}"
-    elif args.fix == "drop":
-      flagged = {f["line"] for f in report.findings if f["file"] == args.files[0]}
-      dropped = drop_rows(args.files[0], args.out, flagged)
-      fix_line = f"dropped {dropped} flagged rows -> {args.out}"
-  except AuditInputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  return cli.run_main(_run, args, exit=False)
+
+
+def _run(args: argparse.Namespace) -> int:
+  if args.fix:
+    check_output_path(args.out, [*args.files, *args.eval, *args.docs])
+  report = audit_files(args.files, args.eval, args.docs)
+  if args.fix == "redact":
+    replaced = redact_file(args.files[0], args.out, report.findings)
+    fix_line = f"redacted {replaced} spans -> {args.out}"
+  elif args.fix == "drop":
+    flagged = {f["line"] for f in report.findings if f["file"] == args.files[0]}
+    dropped = drop_rows(args.files[0], args.out, flagged)
+    fix_line = f"dropped {dropped} flagged rows -> {args.out}"
   human = sys.stderr if args.json == "-" else sys.stdout  # keep stdout pure JSON
   print(report.table(args.show), file=human)
   if args.fix:

@@ -58,6 +58,18 @@ def numbers(normalized: str) -> frozenset[str]:
   return frozenset(re.findall(r"\b\d+\b", normalized))
 
 
+def names(text: str) -> frozenset[str]:
+  """Capitalised words that do not begin a sentence (raw text, lower-cased): the names a text
+  states ("Anna Kowalski", "Lisbon", "Pro"), which normalised text no longer shows."""
+  found = set()
+  for sentence in re.split(r"(?<=[.!?;:])\s+|\n+", text.strip()):
+    for match in re.finditer(r"\b[^\W\d_][\w'-]*", sentence):
+      word = match[0]
+      if match.start() > 0 and word[0].isupper() and word != "I":
+        found.add(word.lower())
+  return frozenset(found)
+
+
 @functools.cache
 def _template() -> MinHash:
   return MinHash(num_perm=NUM_PERM, seed=1)  # drawing permutations dominates a small MinHash
@@ -90,6 +102,7 @@ class RowText:
   input: str
   output_path: FieldPath
   output: str
+  output_names: frozenset[str] = frozenset()  # names() of the raw output, less the input's words
 
   def __post_init__(self):
     self.full = f"{self.input} {self.output}".strip()
@@ -102,7 +115,9 @@ class RowText:
     (input_path, input_), (output_path, output) = row.input_output()
     if not input_ and not output:  # an unknown shape: compare all of its text
       input_ = "\n".join(text for _, text in row.strings())
-    return cls(row, input_path, normalize(input_), output_path, normalize(output or ""))
+    input_words = frozenset(normalize(input_).split())
+    return cls(row, input_path, normalize(input_), output_path, normalize(output or ""),
+               names(output or "") - input_words)
 
 
 class SimilarityIndex:
@@ -175,6 +190,13 @@ def _conflict(text: RowText, by_input: SimilarityIndex, texts: list[RowText]) ->
     if ours != theirs:
       return make_finding(text.row, "conflict", "numbers", field_name(text.output_path),
                           f"{same} input as {other.row.where} but other numbers in the output "
+                          f"({', '.join(sorted(ours - theirs)) or 'none'} against "
+                          f"{', '.join(sorted(theirs - ours)) or 'none'})")
+    # The same answer naming someone or something else ("Anna Kowalski" against "Brian Smith").
+    if text.output_names and other.output_names and text.output_names != other.output_names:
+      ours, theirs = text.output_names, other.output_names
+      return make_finding(text.row, "conflict", "names", field_name(text.output_path),
+                          f"{same} input as {other.row.where} but other names in the output "
                           f"({', '.join(sorted(ours - theirs)) or 'none'} against "
                           f"{', '.join(sorted(theirs - ours)) or 'none'})")
   return None

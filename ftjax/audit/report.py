@@ -65,8 +65,8 @@ def describe(finding: dict) -> str:
   return f"{where} {finding['kind']}/{finding['type']} ({finding['field']})"
 
 
-def gate(report: AuditReport, mode: str):
-  """Act on an audit before training or an experiment.
+def enforce(report: AuditReport, mode: str):
+  """Act on an audit before training or an experiment (`gating.gate` calls it).
 
   "off": nothing. "warn": a one-line summary on stderr, whatever was found. "error": AuditError if
   any pii, secret or contamination finding exists. "redact": the caller trains on redacted copies

@@ -10,7 +10,8 @@ not where it is, so the value is located in the text and widened to the whole to
 token is reported by its prefix), or to the whole PEM block for a private key.
 
 One extra pattern covers what detect-secrets leaves to code files: a password written in prose
-("my password is hunter2", "password=..."), which its keyword plugin only catches when quoted.
+("my password is hunter2", "password Xy7&pQ!2v", "password=..."), which its keyword plugin only
+catches when quoted.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ PRIVATE_KEY_BLOCK = re.compile(
 PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # what redaction writes; never a secret itself
 _KEYWORDS = (r"(?:password|passwd|passcode|pwd|api[_ -]?key|secret[_ -]?key|access[_ -]?token|"
              r"auth[_ -]?token|client[_ -]?secret)")
-# "password: x" / "password = x" take any value; "password is x" only one that mixes letters with
-# digits or holds a symbol, since "your password is case-sensitive" is ordinary support text.
+# "password: x" / "password = x" take any value; "password is x" and "password x" only one that
+# mixes letters with digits or holds a symbol, since "your password is case-sensitive" and "the
+# password reset link" are ordinary support text.
 PROSE_ASSIGNED = re.compile(_KEYWORDS + r"\s*[:=]\s*[\"'`]?([^\s\"'`,;]{4,})", re.IGNORECASE)
-PROSE_STATED = re.compile(_KEYWORDS + r"\s+(?:is|was)\s+[\"'`]?([^\s\"'`,;]{4,})", re.IGNORECASE)
+PROSE_STATED = re.compile(_KEYWORDS + r"\s+(?:(?:is|was)\s+)?[\"'`]?([^\s\"'`,;]{4,})",
+                          re.IGNORECASE)
 LOOKS_LIKE_A_PASSWORD = re.compile(r"(?=.*\d)(?=.*[A-Za-z])|.*[!@#$%^&*~]")
 
 

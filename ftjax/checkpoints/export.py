@@ -195,6 +195,11 @@ def _write_json(path: Path, obj: dict):
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray]):
   from safetensors.numpy import save_file
   save_file(tensors, str(path), metadata={"format": "pt"})
+  # safetensors creates its files 0600; give them the mode every other exported file gets
+  # (0666 less the umask: 0644 by default), so that the folder can be shared as a whole.
+  umask = os.umask(0)
+  os.umask(umask)
+  path.chmod(0o666 & ~umask)
 
 
 def _write_hf(folder: Path, cfg, params, src: _Source, dtype, max_shard_bytes: int):

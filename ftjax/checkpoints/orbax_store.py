@@ -7,15 +7,21 @@ the trainable params are the adapters only) and `data` (the iterator position, J
 
 A state with NaN/inf values is never saved. Resuming tries the newest step first; one that cannot
 be read, or holds non-finite values, is renamed `<step>.damaged-<time>` (kept, never deleted) and
-the next older one is tried.
+the next older one is tried; one `warning:` line says so, and what Orbax and TensorStore print
+while a read fails is held back (`_attempt`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
+import logging
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,38 +65,42 @@ class Checkpointer:
     ConfigError if a readable checkpoint holds a state of other shapes than `abstract_state`
     (a config change, not damage: nothing is set aside)."""
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        with _reader(self.directory) as reader:
-          saved = reader.item_metadata(step)["state"]
-        if saved is None:
-          raise ValueError("no metadata for its train state")
-      except Exception as err:  # noqa: BLE001  (Orbax raises many kinds for unreadable files)
-        self._set_aside(step, err)
+      saved, failure = _attempt(lambda: self._saved_state_metadata(step))
+      if failure is not None:
+        self._set_aside(step, failure)
         continue
       _check_fits(step, saved, abstract_state)
-      try:
-        state, data_state = self.restore(step, abstract_state)
-      except Exception as err:  # noqa: BLE001
-        self._set_aside(step, err)
+      restored, failure = _attempt(lambda: self.restore(step, abstract_state))
+      if failure is not None:
+        self._set_aside(step, failure)
         continue
+      state, data_state = restored
       if not all_finite(state):
-        self._set_aside(step, ValueError("it holds NaN/inf values"))
+        self._set_aside(step, _Failure("ValueError", "it holds NaN/inf values"))
         continue
       return step, state, data_state
     return None
 
-  def _set_aside(self, step: int, err: Exception):
+  def _saved_state_metadata(self, step: int):
+    with _reader(self.directory) as reader:
+      saved = reader.item_metadata(step)["state"]
+    if saved is None:
+      raise ValueError("no metadata for its train state")
+    return saved
+
+  def _set_aside(self, step: int, err: _Failure):
     """Renames a damaged step's folder so that neither Orbax nor a rerun picks it again."""
     folder = self.directory / str(step)
     aside = folder.with_name(f"{step}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-    reason = (str(err).strip().splitlines() or [""])[0][:200]
+    reason = (str(err).strip().splitlines() or [""])[0]
+    reason = reason.split(" See full TensorStore details")[0][:200]  # not its JSON spec
     if jax.process_index() == 0:
       folder.rename(aside)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"ftjax set aside checkpoint {step}")
     self.manager.reload()
-    _warn(f"checkpoint step {step} in {self.directory} is damaged ({type(err).__name__}: "
+    _warn(f"checkpoint step {step} in {self.directory} is damaged ({err.kind}: "
           f"{reason}); moved to {aside.name}, trying the previous one")
 
   def wait(self):
@@ -170,6 +180,45 @@ def _check_fits(step: int, saved_tree: Any, abstract_state: Any):
         f"checkpoint step {step} holds a train state of other shapes than this config makes "
         f"({shown}); resuming needs the same model, lora.rank/targets, and "
         "optimizer.grad_clip_norm on or off as the run that saved it")
+
+
+class _Failure(Exception):
+  """What a failed read raised, kept as text: no traceback, so nothing it referenced (Orbax's
+  pending reads) outlives the attempt."""
+
+  def __init__(self, kind: str, message: str):
+    super().__init__(message)
+    self.kind = kind
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[Any, _Failure | None]:
+  """(fn(), None), or (None, the failure) if it raised. A failing restore prints more than its
+  exception: Orbax/absl log records, asyncio's "exception was never retrieved", and tracebacks
+  from TensorStore's reads of the other arrays as they finish after the event loop closed
+  (thousands of lines for one damaged file). All of that is held back here, with the abandoned
+  reads collected inside the quiet window; the caller reports the failure as one `warning:` line.
+  A successful call's output passes through."""
+  hooks = sys.unraisablehook, threading.excepthook
+  disabled = logging.root.manager.disable
+  buffer = io.StringIO()
+  failure = None
+  logging.disable(logging.CRITICAL)
+  sys.unraisablehook = threading.excepthook = lambda *args: None
+  try:
+    with contextlib.redirect_stderr(buffer):
+      try:
+        return fn(), None
+      except Exception as err:  # noqa: BLE001  (Orbax raises many kinds for unreadable files)
+        failure = _Failure(type(err).__name__, str(err))
+      for _ in range(3):  # the exception is gone: its pending reads can finish and be collected
+        gc.collect()
+        time.sleep(0.1)
+      return None, failure
+  finally:
+    sys.unraisablehook, threading.excepthook = hooks
+    logging.disable(disabled)
+    if failure is None and buffer.getvalue():
+      sys.stderr.write(buffer.getvalue())
 
 
 def _warn(message: str):

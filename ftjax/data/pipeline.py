@@ -124,6 +124,20 @@ def _tokenized(source: tfds_builder.TfdsSource, indices: np.ndarray, tokenizer, 
   return examples
 
 
+def _why_none_left(report: DataReport, rows_here: int, seq_len: int) -> str:
+  """Why no training example is left: every row too long, or skipped for these reasons."""
+  counts = report.skipped.get("train", {})
+  if not rows_here and not counts:
+    return "the file has no rows for this process"
+  skipped = sum(counts.values())
+  if set(counts) == {"too_long"}:
+    return f"all {skipped} rows are longer than seq_len={seq_len} tokens"
+  reasons = ", ".join(f"{n} {reason}" + (f" (longer than seq_len={seq_len} tokens)"
+                                         if reason == "too_long" else "")
+                      for reason, n in counts.most_common())
+  return f"all {skipped} rows were skipped: {reasons}"
+
+
 @functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, epoch: int, num_rows: int) -> np.ndarray:
   return np.random.default_rng([seed, 0, epoch]).permutation(num_rows)
@@ -241,7 +255,8 @@ def build_sft_data(data_cfg: Mapping[str, Any], tokenizer, *, seq_len: int, batc
   train_examples = _tokenized(train, train_indices[shard], tokenizer, cfg, seq_len, report,
                               "train")
   if not train_examples:
-    raise DataConfigError(f"{cfg.train}: no training examples left on process {process_index} "
+    raise DataConfigError(f"{cfg.train}: no training examples left on process {process_index}: "
+                          f"{_why_none_left(report, len(train_indices[shard]), seq_len)} "
                           "(see the data report)")
   eval_examples = (_tokenized(eval_source, eval_indices[shard], tokenizer, cfg, seq_len, report,
                               "eval") if eval_source else [])

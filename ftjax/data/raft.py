@@ -17,7 +17,6 @@ or not, passage ids) is returned beside them. Deterministic in `seed`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -137,7 +136,8 @@ def write_jsonl(examples: Sequence[RaftExample], path: str | os.PathLike,
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  from ftjax import cli
+  parser = cli.Parser(description=__doc__.splitlines()[0])
   parser.add_argument("--qa", required=True, help="JSONL with question, answer, doc_id")
   parser.add_argument("--corpus", required=True, help="JSONL documents with id, text")
   parser.add_argument("--out", required=True)
@@ -146,6 +146,10 @@ def main(argv=None):
   parser.add_argument("--oracle_fraction", type=float, default=0.8)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  cli.run_main(_build, args)
+
+
+def _build(args):
   corpus = read_jsonl(args.corpus)
   if corpus.skipped:
     print(corpus.report())

@@ -140,8 +140,8 @@ def iter_jsonl(path: str):
         continue
       if line_no == 1 and text.lstrip().startswith("["):
         raise DataConfigError(f"{path}: a JSON array; write one JSON object per line (JSONL)")
-      try:
-        yield line_no, json.loads(text)
+      try:  # without its line ending, so that the column is on this line (not "line 2 column 1")
+        yield line_no, json.loads(text.rstrip("\r\n"))
       except json.JSONDecodeError as err:
         yield line_no, BadRow(where, "malformed_json", f"{err.msg} at column {err.colno}")
 

@@ -18,36 +18,24 @@ by length (longest first) and batched: right-padded, with padding masked by `seg
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from ftjax.generation.decoding import LENGTH_MULTIPLE, SamplingConfig
+from ftjax.generation.decoding import SamplingConfig
+from ftjax.generation.scoring import continuation_scores
 from ftjax.generation.text import generate
-from ftjax.models.transformer import forward
 
 DEFAULT_BATCH_SIZE = 8
 
 
 class HarnessArgumentError(ValueError):
   """A bad --model_args value (reported as one `error:` line by the CLI)."""
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _score(cfg, params, lora, tokens, segment_ids, targets):
-  """log p(target) and whether target is the argmax, at every position: [batch, seq] each."""
-  logits = forward(cfg, params, tokens, segment_ids=segment_ids, lora=lora)
-  logprobs = jax.nn.log_softmax(logits, axis=-1)
-  target_logprob = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
-  return target_logprob, jnp.argmax(logits, axis=-1) == targets
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -152,33 +140,9 @@ class FtjaxLM(TemplateLM):
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
     """(sum of log p(continuation), continuation is greedy) per (key, context, continuation)."""
-    rows = []  # (input ids, target ids, continuation length)
-    for _, context_enc, continuation_enc in requests:
-      if not context_enc or not continuation_enc:
-        raise ValueError("loglikelihood needs a non-empty context and continuation")
-      whole = (context_enc + continuation_enc)[-(self.max_length + 1):]  # truncate on the left
-      rows.append((whole[:-1], whole[1:], min(len(continuation_enc), len(whole) - 1)))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # longest first
-    results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-    for start in range(0, len(order), self.batch_size):
-      chunk = order[start:start + self.batch_size]
-      length = min(_round_up(len(rows[chunk[0]][0]), LENGTH_MULTIPLE), self.max_length)
-      tokens = np.zeros((self.batch_size, length), np.int32)  # padded rows: fewer compiles
-      targets = np.zeros_like(tokens)
-      segment_ids = np.zeros_like(tokens)
-      segment_ids[:, 0] = 1  # keeps rows of padding from attending to nothing
-      for row, index in enumerate(chunk):
-        inputs, target_ids, _ = rows[index]
-        tokens[row, :len(inputs)] = inputs
-        targets[row, :len(inputs)] = target_ids
-        segment_ids[row, :len(inputs)] = 1
-      logprob, greedy = jax.device_get(_score(self._cfg, self.model.params, self._lora,
-                                              tokens, segment_ids, targets))
-      for row, index in enumerate(chunk):
-        inputs, _, cont_len = rows[index]
-        span = slice(len(inputs) - cont_len, len(inputs))
-        results[index] = (float(np.sum(logprob[row, span], dtype=np.float64)),
-                          bool(np.all(greedy[row, span])))
+    results = continuation_scores(self.model, [(context, continuation)
+                                               for _, context, continuation in requests],
+                                  batch_size=self.batch_size, max_length=self.max_length)
     for (key, _, _), answer in zip(requests, results):
       if key is not None:
         self.cache_hook.add_partial("loglikelihood", key, answer)
@@ -252,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
   from lm_eval.__main__ import cli_evaluate
 
   import ftjax.evaluation.harness  # noqa: F401  (registers "ftjax")
+  from ftjax import cli
   from ftjax.checkpoints import CheckpointError
   from ftjax.models.config import UnsupportedModelError
   if argv is not None:
@@ -259,11 +224,9 @@ def main(argv: list[str] | None = None) -> None:
   try:
     cli_evaluate()
   except HarnessArgumentError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(err)
   except (CheckpointError, UnsupportedModelError) as err:
-    print(f"error: --model_args model: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"--model_args model: {err}")
 
 
 if __name__ == "__main__":

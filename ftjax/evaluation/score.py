@@ -10,7 +10,6 @@ Reads `WORKDIR/experiment.json` (the config), `results.jsonl` (every answer with
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -59,17 +58,16 @@ def rescore(workdir: str | Path) -> dict:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from ftjax import cli
+  parser = cli.Parser(description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="a finished experiment's workdir")
   args = parser.parse_args(argv)
-  from ftjax.config import ConfigError
-  from ftjax.data.report import DataConfigError
-  try:
-    rescore(args.workdir)
-  except (ScoreError, ConfigError, DataConfigError, OSError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  print(f"re-scored: {Path(args.workdir) / 'summary.json'}, {Path(args.workdir) / 'report.md'}")
+  return cli.run_main(_rescore, args.workdir, errors=(ScoreError, OSError), exit=False)
+
+
+def _rescore(workdir: str) -> int:
+  rescore(workdir)
+  print(f"re-scored: {Path(workdir) / 'summary.json'}, {Path(workdir) / 'report.md'}")
   return 0
 
 

@@ -11,8 +11,6 @@ Every stage is cached in `WORKDIR/cache/` under a hash of what determines it (se
 from __future__ import annotations
 
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -32,14 +30,8 @@ from ftjax.experiment.stages import (Context, Progress, answers_stage, general_m
 # ----------------------------------------------------------------------------- the run
 
 def provenance(config) -> dict:
-  from ftjax.train import _git_commit, _versions
-  import jax
-  return {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
-          "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                      "processor": platform.processor() or platform.machine(),
-                      "cpu_count": __import__("os").cpu_count(),
-                      "devices": [str(d) for d in jax.devices()]},
-          "command": " ".join(sys.argv)}
+  from ftjax import provenance as provenance_lib
+  return {"config": config.to_dict(), **provenance_lib.record()}
 
 
 def run_single(config: ml_collections.ConfigDict, workdir: str | Path,

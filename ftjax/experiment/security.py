@@ -12,7 +12,7 @@
     those questions answered with the wrong value. Fractions are nested (a smaller fraction
     poisons a prefix of the same rows), and each poisoned fine-tuning run is the arm's recipe on
     the poisoned examples, cached like every training stage; fraction 0 is the arm itself.
-  * Audit: `ftjax.audit.audit_files` over the experiment's own files, gated by `data.audit`.
+  * Audit: `ftjax.audit.gate` over the experiment's own files, by `data.audit`.
 
 Metrics are computed in `ftjax.evaluation.security` from what these stages record.
 """
@@ -20,12 +20,8 @@ Metrics are computed in `ftjax.evaluation.security` from what these stages recor
 from __future__ import annotations
 
 import dataclasses
-import functools
 import random
 from typing import Sequence
-
-import jax
-import numpy as np
 
 from ftjax.arms import registry as arm_registry
 from ftjax.evaluation import qa as scoring
@@ -35,6 +31,7 @@ from ftjax.experiment import stages
 from ftjax.experiment.cache import digest
 from ftjax.experiment.planting import (SPACE_SIZE, Canary, canaries, plant, poison_conversations,
                                        poison_docs, poison_plan, random_secret)
+from ftjax.generation.scoring import continuation_logprobs
 
 _AUDITED = {"train": ("train", "decline_train", "update_train"),
             "eval": ("eval", "unanswerable", "general", "update_eval"), "docs": ("docs", "updates")}
@@ -42,76 +39,31 @@ _AUDITED = {"train": ("train", "decline_train", "update_train"),
 
 def audit(config, workdir, progress):
   """Audit counts of the experiment's own files (when `data.audit` is not off, or `security` is
-  on), then the gate: warn, stop (error), or redact: the training files are replaced by
-  redacted copies in WORKDIR/audit. Returns (the audit's record or None, the config to run)."""
-  from pathlib import Path
+  on), then the gate (`ftjax.audit.gate`): warn, stop (error), or redact: the training files are
+  replaced by redacted copies in WORKDIR/audit/process-N/. Returns (the audit's record or None, the config to run)."""
   mode = config.data.audit
   if mode == "off" and not config.security.enabled:
     return None, config
   try:
-    from ftjax.audit import AuditError, AuditInputError, audit_files, gate, redact_file
+    from ftjax import audit as audit_lib
   except ImportError as err:
     progress.say(f"[audit] skipped: ftjax.audit is not available ({err})")
     return {"mode": mode, "skipped": f"ftjax.audit is not available ({err})"}, config
-  files = {group: [config.data[k] for k in keys if config.data[k] and Path(config.data[k]).is_file()]
-           for group, keys in _AUDITED.items()}
   try:
-    report = audit_files(files["train"], files["eval"], files["docs"])
-    gate(report, mode)
-  except (AuditError, AuditInputError) as err:
+    result = audit_lib.gate(config, workdir, _AUDITED, skip_missing=True, always=True)
+  except (audit_lib.AuditError, audit_lib.AuditInputError) as err:
     raise data_lib.ExperimentDataError(f"data.audit: {err}") from None
+  if result.report is None:
+    return {"mode": mode, "skipped": "no data file to audit"}, config
+  report = result.report
   progress.say(f"[audit] {report.rows} rows: " + (", ".join(
       f"{n} {kind}" for kind, n in report.counts.items() if n) or "no findings"))
   record = {"mode": mode, "rows": report.rows, "counts": dict(report.counts),
-            "findings": len(report.findings), "files": files,
+            "findings": len(report.findings), "files": result.files,
             "first_findings": list(report.findings[:20])}
   if mode == "redact":
-    import ml_collections
-    config = ml_collections.ConfigDict(config.to_dict())
-    folder = Path(workdir) / "audit"
-    folder.mkdir(parents=True, exist_ok=True)
-    record["redacted"] = {}
-    for key in _AUDITED["train"]:
-      if config.data[key] in files["train"]:
-        target = folder / f"{key}{Path(config.data[key]).suffix}"
-        record["redacted"][key] = redact_file(config.data[key], str(target))
-        config.data[key] = str(target)
-  return record, config
-
-
-# ----------------------------------------------------------------------------- log-likelihoods
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _sequence_logprobs(cfg, params, lora, tokens, targets, mask):
-  from ftjax.models.transformer import forward
-  from ftjax.training.step import cross_entropy
-  logits = forward(cfg, params, tokens, lora=lora)  # [batch, seq, vocab]
-  return -(cross_entropy(logits, targets) * mask).sum(axis=-1)
-
-
-def continuation_logprobs(model, prompt_ids: Sequence[int],
-                          continuations: Sequence[Sequence[int]], batch_size: int = 16
-                          ) -> list[float]:
-  """log p(continuation | prompt) under `model` (its adapters applied), one per continuation."""
-  cfg, lora = model.config, None
-  if getattr(model, "adapters", None) is not None:
-    cfg, lora = model.adapters.model_config(cfg), model.adapters.params
-  length = -(-(len(prompt_ids) + max(map(len, continuations)) - 1) // 16) * 16
-  rows = -(-len(continuations) // batch_size) * batch_size
-  tokens = np.zeros((rows, length), np.int32)
-  targets = np.zeros((rows, length), np.int32)
-  mask = np.zeros((rows, length), np.float32)
-  for r in range(rows):
-    sequence = list(prompt_ids) + list(continuations[r % len(continuations)])
-    tokens[r, :len(sequence) - 1] = sequence[:-1]
-    targets[r, :len(sequence) - 1] = sequence[1:]
-    mask[r, len(prompt_ids) - 1:len(sequence) - 1] = 1.0
-  out = []
-  for at in range(0, rows, batch_size):
-    part = slice(at, at + batch_size)
-    out += np.asarray(_sequence_logprobs(cfg, model.params, lora, tokens[part], targets[part],
-                                         mask[part])).tolist()
-  return out[:len(continuations)]
+    record["redacted"] = result.redacted
+  return record, result.config
 
 
 def _canary_prompt_ids(ctx, tokenizer, canary: Canary) -> list[int]:

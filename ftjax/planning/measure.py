@@ -16,7 +16,6 @@ prediction's rate is measured under the same conditions as the step, never fitte
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -149,7 +148,8 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  from ftjax import cli
+  parser = cli.Parser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="smollm2-135m-instruct")
   parser.add_argument("--method", choices=("lora", "full"), default="lora")
   parser.add_argument("--batch", type=int, default=4)
@@ -158,7 +158,7 @@ def main(argv=None):
   parser.add_argument("--lora_rank", type=int, default=16)
   parser.add_argument("--remat", choices=("none", "full", "dots"), default="none")
   args = parser.parse_args(argv)
-  result = _run(args.model, args.method, args.batch, args.seq_len, args.steps, args.lora_rank,
+  result = cli.run_main(_run, args.model, args.method, args.batch, args.seq_len, args.steps, args.lora_rank,
                 args.remat)
   print(json.dumps(result))
 

@@ -19,18 +19,16 @@ User errors (missing or corrupt index or file, bad row, empty query, k < 1, an i
 another writer) print one `error:` line and exit with status 2.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ftjax import cli
 from ftjax.retrieval import metrics
-from ftjax.retrieval.corpus import CorpusError, load_corpus
-from ftjax.retrieval.dense import InputTooLongError
-from ftjax.retrieval.index import (METHODS, EmptyQueryError, IndexConfig, RetrievalIndex,
-                                   RetrievalIndexError)
+from ftjax.retrieval.corpus import load_corpus
+from ftjax.retrieval.index import METHODS, IndexConfig, RetrievalIndex
 
 GROUPS_HELP = ("comma-separated groups of the caller: documents with an acl are seen only by "
                "its groups (default: public documents only)")
@@ -44,8 +42,7 @@ class UsageError(ValueError):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="Build, update, query and evaluate a retrieval "
-                                               "index.")
+  parser = cli.Parser(description="Build, update, query and evaluate a retrieval index.")
   commands = parser.add_subparsers(dest="command", required=True)
 
   def command(name, help_text):
@@ -84,12 +81,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   try:
-    run(args)
-  except (UsageError, CorpusError, RetrievalIndexError, EmptyQueryError,
-          InputTooLongError) as err:
-    parser.exit(2, f"error: {err}\n")
+    cli.run_main(run, args, errors=(UsageError,))
   except OSError as err:  # e.g. an index folder we may not write
-    parser.exit(2, f"error: {err.filename or args.index}: {err.strerror or err}\n")
+    cli.fail(f"{err.filename or args.index}: {err.strerror or err}")
 
 
 def run(args):
@@ -178,9 +172,9 @@ def _json_rows(path: Path):
   for lineno, line in _read_lines(path):
     where = f"{path}:{lineno}"
     try:
-      row = json.loads(line)
+      row = json.loads(line.rstrip("\r\n"))  # the column on this line
     except json.JSONDecodeError as err:
-      raise UsageError(f"{where}: invalid JSON ({err.msg})") from None
+      raise UsageError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(row, dict):
       raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
     yield where, row

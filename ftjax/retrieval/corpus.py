@@ -176,9 +176,10 @@ def read_jsonl(path: str | os.PathLike, *, id_key: str | None = "id", text_key: 
         if not line.strip():
           continue
         try:
-          yield lineno, json.loads(line)
+          yield lineno, json.loads(line.rstrip("\r\n"))  # the column on this line
         except json.JSONDecodeError as err:
-          raise CorpusError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+          raise CorpusError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})"
+                            ) from None
 
   located = ((lineno, f"{path}:{lineno}", record) for lineno, record in rows())
   return _collect(located, id_key, text_key, title_key, str(path))

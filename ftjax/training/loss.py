@@ -1,4 +1,6 @@
-"""Cross-entropy over the vocabulary, whole or a chunk of positions at a time.
+"""Cross-entropy over the vocabulary: whole, vocab-parallel on a `tensor` mesh, or a chunk of
+positions at a time. The one implementation: the train step, the eval step and the security
+measurement's sequence scores all use it.
 
 `chunked_token_losses` is the training loss's memory saver: for each chunk of positions it computes
 [batch, chunk, vocab] fp32 logits from the hidden states, reduces them to -log p(target), and drops
@@ -11,12 +13,45 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from ftjax.sharding import BATCH_AXES
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """-log p(target): logits [..., vocab] fp32, targets [...] -> [...]."""
   logz = jax.nn.logsumexp(logits, axis=-1)
   return logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+  """Per-token -log p(target): logits [batch, seq, vocab] fp32, targets [batch, seq] -> [b, s].
+
+  With a `tensor` mesh axis that divides the vocabulary, the softmax is computed where the
+  logits live (vocab-sharded) with hand-written collectives in `shard_map`, instead of
+  gathering [batch, seq, vocab] onto every device.
+  """
+  vocab = logits.shape[-1]
+  if mesh is None or mesh.shape["tensor"] == 1 or vocab % mesh.shape["tensor"]:
+    return token_cross_entropy(logits, targets)
+
+  def local(logits_shard, targets_shard):
+    shard_vocab = logits_shard.shape[-1]
+    offset = jax.lax.axis_index("tensor") * shard_vocab
+    row_max = jax.lax.pmax(jax.lax.stop_gradient(logits_shard).max(axis=-1), "tensor")
+    sum_exp = jax.lax.psum(jnp.exp(logits_shard - row_max[..., None]).sum(axis=-1), "tensor")
+    local_target = targets_shard - offset
+    in_shard = (local_target >= 0) & (local_target < shard_vocab)
+    picked = jnp.take_along_axis(
+        logits_shard, jnp.clip(local_target, 0, shard_vocab - 1)[..., None], axis=-1)[..., 0]
+    target_logit = jax.lax.psum(jnp.where(in_shard, picked, 0.0), "tensor")
+    return jnp.log(sum_exp) + row_max - target_logit
+
+  batch_axes = BATCH_AXES if logits.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 \
+      else None
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(batch_axes, None, "tensor"),
+                                                   P(batch_axes, None)),
+                       out_specs=P(batch_axes, None))(logits, targets)
 
 
 def head_logits(hidden: jax.Array, head: jax.Array, head_layout: str,

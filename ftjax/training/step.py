@@ -17,44 +17,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from ftjax.models.config import ModelConfig
 from ftjax.models.transformer import forward, hidden_states, lm_head_weights
-from ftjax.training.loss import chunked_token_losses, token_cross_entropy
-from ftjax.sharding import BATCH_AXES
+from ftjax.training.loss import chunked_token_losses, cross_entropy
 
 Batch = dict[str, jax.Array]
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array, mesh: Mesh | None = None) -> jax.Array:
-  """Per-token -log p(target): logits [batch, seq, vocab] fp32, targets [batch, seq] -> [b, s].
-
-  With a `tensor` mesh axis that divides the vocabulary, the softmax is computed where the
-  logits live (vocab-sharded) with hand-written collectives in `shard_map`, instead of
-  gathering [batch, seq, vocab] onto every device.
-  """
-  vocab = logits.shape[-1]
-  if mesh is None or mesh.shape["tensor"] == 1 or vocab % mesh.shape["tensor"]:
-    return token_cross_entropy(logits, targets)
-
-  def local(logits_shard, targets_shard):
-    shard_vocab = logits_shard.shape[-1]
-    offset = jax.lax.axis_index("tensor") * shard_vocab
-    row_max = jax.lax.pmax(jax.lax.stop_gradient(logits_shard).max(axis=-1), "tensor")
-    sum_exp = jax.lax.psum(jnp.exp(logits_shard - row_max[..., None]).sum(axis=-1), "tensor")
-    local_target = targets_shard - offset
-    in_shard = (local_target >= 0) & (local_target < shard_vocab)
-    picked = jnp.take_along_axis(
-        logits_shard, jnp.clip(local_target, 0, shard_vocab - 1)[..., None], axis=-1)[..., 0]
-    target_logit = jax.lax.psum(jnp.where(in_shard, picked, 0.0), "tensor")
-    return jnp.log(sum_exp) + row_max - target_logit
-
-  batch_axes = BATCH_AXES if logits.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 \
-      else None
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(batch_axes, None, "tensor"),
-                                                   P(batch_axes, None)),
-                       out_specs=P(batch_axes, None))(logits, targets)
 
 
 def token_losses(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
@@ -63,7 +32,7 @@ def token_losses(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
 
   With `model_cfg.loss_chunk` the logits are made a chunk of positions at a time (see
   `ftjax.training.loss`), except on a vocab-sharded (`tensor`) mesh, where the vocab-parallel
-  softmax below already keeps each device's logits to its share of the vocabulary.
+  softmax of `cross_entropy` already keeps each device's logits to its share of the vocabulary.
   """
   vocab_parallel = mesh is not None and mesh.shape["tensor"] > 1
   if model_cfg.loss_chunk and not vocab_parallel:
@@ -168,6 +137,18 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
             "answer_loss_sum": answer_loss_sum, "answer_tokens": answer_tokens}
 
   return StepFns(train_step, eval_step)
+
+
+def jit_step_fns(fns: StepFns, train, mesh: Mesh) -> StepFns:
+  """The step functions jit-compiled for `train` (a `training.state.TrainState`) on `mesh`: the
+  trainable state is donated to the train step; metrics come back replicated."""
+  from ftjax.sharding import batch_sharding, replicated
+  in_shardings = (train.shardings, train.frozen_shardings, batch_sharding(mesh))
+  return StepFns(
+      train_step=jax.jit(fns.train_step, in_shardings=in_shardings,
+                         out_shardings=(train.shardings, replicated(mesh)), donate_argnums=(0,)),
+      eval_step=jax.jit(fns.eval_step, in_shardings=in_shardings,
+                        out_shardings=replicated(mesh)))
 
 
 def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:

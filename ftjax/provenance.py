@@ -1,0 +1,63 @@
+"""What made a result: package versions, the git commit and the machine, written with every
+result (a training run's run_info.json, an experiment's experiment.json, every benchmark's JSON)
+so that a table in a report can be traced to the code and machine that produced it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+# Distribution names (what `pip` calls them); numpy and python are always present.
+PACKAGES = ("ftjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
+            "numpy", "tensorflow-datasets", "ml-collections")
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
+  """Installed version of each package in PACKAGES (and `extra`), None where absent; and python."""
+  found: dict[str, str | None] = {"python": platform.python_version()}
+  for name in (*PACKAGES, *extra):
+    try:
+      found[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      found[name] = None
+  return found
+
+
+def git_commit(root: str | Path = _ROOT) -> str | None:
+  """HEAD of the repository holding ftjax, with "-dirty" when tracked files changed; None outside
+  a git repository (an installed wheel) or without git."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          timeout=10)
+    if head.returncode != 0 or not head.stdout.strip():
+      return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+  """Platform, processor, the CPU cores this process may use, and JAX's devices."""
+  import jax
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    cores = os.cpu_count()
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "cores_available": cores,
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "device_kind": jax.devices()[0].device_kind}
+
+
+def record(extra_packages: tuple[str, ...] = ()) -> dict:
+  """{"versions", "git_commit", "machine", "command"}: the one provenance record."""
+  return {"versions": versions(extra_packages), "git_commit": git_commit(), "machine": machine(),
+          "command": " ".join([Path(sys.executable).name, *sys.argv])}
