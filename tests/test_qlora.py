@@ -186,3 +186,108 @@ def test_qlora_resume_continues_exactly(tiny_llama_folder, tmp_path):
   assert [h["step"] for h in resumed.history] == [5, 6]
   np.testing.assert_allclose([h["loss"] for h in resumed.history],
                              [h["loss"] for h in straight.history[4:]], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def biased_models(tmp_path_factory):
+  """Tiny random HF folders with biases (llama with attention and MLP biases; qwen2's qkv):
+  DoRA scales the product without the bias, as PEFT does."""
+  from test_models import FAMILIES, _save_random_model
+  root = tmp_path_factory.mktemp("qlora_families")
+  for family in ("llama_bias", "qwen2"):
+    _save_random_model(FAMILIES[family](), root / family)
+  return root
+
+
+@pytest.mark.parametrize("family", ["llama_bias", "qwen2"])
+def test_dora_matches_peft_and_exports_in_peft_layout(family, biased_models, tmp_path):
+  import peft
+  from safetensors.numpy import load_file
+  source = biased_models / family
+  model = ftjax.load(str(source), tokenizer=False)
+  spec = LoraSpec(rank=4, alpha=12.0, targets=ALL_TARGETS, variant="dora")
+  adapters = _random_adapters(model.params, spec)
+  ours = _logits(model.config, model.params, adapters)
+  plain_lora = Adapters(LoraSpec(rank=4, alpha=12.0, targets=ALL_TARGETS), {
+      "layers": {g: {t: {k: v for k, v in ab.items() if k != "m"} for t, ab in m.items()}
+                 for g, m in adapters.params["layers"].items()}})
+  assert np.abs(ours - _logits(model.config, model.params, plain_lora)).max() > 1e-2
+
+  export(model._replace(adapters=adapters), tmp_path / "adapter", "peft", base=str(source))
+  config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+  assert config["use_dora"] is True
+  weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+  magnitude = weights["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"]
+  assert magnitude.shape == (model.config.num_heads * model.config.head_dim,)
+  base = transformers.AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager")
+  adapted = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+  np.testing.assert_allclose(_torch_logits(adapted), ours, atol=1e-4)
+  # Back: the PEFT DoRA folder imports as the same adapters.
+  loaded = ftjax.load(str(source), tokenizer=False, adapter=tmp_path / "adapter")
+  assert loaded.adapters.spec.variant == "dora"
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded.adapters.params, adapters.params))
+  # Merged: m * (W + s·ab) / ||W + s·ab|| in a plain HF folder.
+  export(model._replace(adapters=adapters), tmp_path / "merged", "hf", base=str(source),
+         merge=True)
+  merged = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "merged", attn_implementation="eager").eval()
+  np.testing.assert_allclose(_torch_logits(merged), ours, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_qlora_exports_load_in_peft_and_transformers(variant, biased_models, tmp_path):
+  import peft
+  source = biased_models / "llama_bias"
+  full = ftjax.load(str(source), tokenizer=False)
+  model = ftjax.load(str(source), tokenizer=False, quant="nf4", quant_block_size=BLOCK)
+  assert model.config.base_quant == "nf4"
+  spec = LoraSpec(rank=4, alpha=12.0, targets=ALL_TARGETS, variant=variant)
+  adapters = _random_adapters(model.params, spec)
+  ours = _logits(model.config, model.params, adapters)
+
+  # The adapter is a plain PEFT adapter: on the unquantized base it computes what ftjax computes
+  # on the unquantized base.
+  export(model._replace(adapters=adapters), tmp_path / "adapter", "peft", base=str(source))
+  base = transformers.AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager")
+  adapted = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+  np.testing.assert_allclose(_torch_logits(adapted), _logits(full.config, full.params, adapters),
+                             atol=1e-4)
+  # The dequantized base as a HF folder, with the PEFT adapter on it: exactly the QLoRA model.
+  export(model, tmp_path / "dequantized", "hf", base=str(source))
+  dequantized = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "dequantized", attn_implementation="eager")
+  on_dequantized = peft.PeftModel.from_pretrained(dequantized, tmp_path / "adapter").eval()
+  np.testing.assert_allclose(_torch_logits(on_dequantized), ours, atol=1e-4)
+  # Merged: the dequantized base with the adapters folded in.
+  export(model._replace(adapters=adapters), tmp_path / "merged", "hf", base=str(source),
+         merge=True)
+  merged = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "merged", attn_implementation="eager").eval()
+  np.testing.assert_allclose(_torch_logits(merged), ours, atol=1e-4)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"lora.base_quant": "q4"}, "lora.base_quant"),
+    ({"lora.variant": "vera"}, "lora.variant"),
+    ({"lora.enabled": False}, "lora.enabled"),
+    ({"lora.base_quant": "nf4", "lora.quant_block_size": 15}, "lora.quant_block_size"),
+    ({"lora.variant": "dora", "lora.targets": ("q_proj", "lm_head")}, "lora.targets"),
+])
+def test_bad_qlora_and_dora_settings_name_the_key(changes, key):
+  config = _tiny_config("unused", **{"lora.base_quant": "int8", **changes})
+  with pytest.raises(ConfigError, match=f"config key {key}"):
+    validate(config)
+
+
+def test_block_size_that_does_not_divide_an_input_dim_is_one_error_line(tiny_llama_folder,
+                                                                       tmp_path, capsys):
+  argv = ["ftjax.train", "--config", str(REPO / "configs" / "smollm2_lora.py"),
+          "--workdir", str(tmp_path), f"--config.model={tiny_llama_folder}",
+          "--config.lora.base_quant=int8", "--config.lora.quant_block_size=48",
+          f"--config.data.train={SAMPLE_DATA}"]
+  with pytest.raises(SystemExit) as exit_info:
+    ftjax.train.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: config key lora.quant_block_size:")
+  assert "48 does not divide" in err[0]
