@@ -291,3 +291,39 @@ def test_block_size_that_does_not_divide_an_input_dim_is_one_error_line(tiny_lla
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: config key lora.quant_block_size:")
   assert "48 does not divide" in err[0]
+
+
+@pytest.mark.parametrize("mode", ["none", "int8", "nf4"])
+def test_planner_counts_the_stored_bytes_of_a_quantized_base(tiny, mode):
+  from ftjax.planning import estimate, hardware
+  params = tiny.params
+  if mode != "none":
+    params = quant.quantize_params(jax.device_get(tiny.params), quant.projections(tiny.config),
+                                   mode=mode, block_size=BLOCK)
+  inputs = estimate.PlanInputs(method="lora", train_tokens=1e4, seq_len=64, batch=2, lora_rank=4,
+                               lora_variant="dora", base_quant=mode, quant_block_size=BLOCK)
+  memory = estimate.memory(tiny.config, inputs, hardware.ACCELERATORS["h100"])
+  assert memory["params"] == sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
+  assert (memory["dequantized_layer"] > 0) == (mode != "none")
+  adapters = lora_lib.init_lora(params, rank=4, targets=ALL_TARGETS, rng=jax.random.PRNGKey(0),
+                                variant="dora")
+  assert estimate.trainable_count(tiny.config, inputs) == lora_lib.count_params(adapters)
+  assert lora_lib.count_params(params) == estimate.param_count(tiny.config)
+
+
+def test_experiment_sweeps_base_quant_and_variant():
+  from ftjax.config import check_keys_and_types
+  from ftjax.experiment import config as experiment
+  c = experiment.experiment_config()
+  c.sweep = ("finetune.lora.base_quant=none,int8,nf4", "finetune.lora.variant=lora,dora")
+  points = experiment.sweep_points(c)
+  assert len(points) == 6
+  assert {(p["finetune.lora.base_quant"], p["finetune.lora.variant"]) for p in points} == {
+      (q, v) for q in ("none", "int8", "nf4") for v in ("lora", "dora")}
+  c.finetune.lora.base_quant = "q4"
+  with pytest.raises(ConfigError, match="finetune.lora.base_quant"):
+    check_keys_and_types(c, experiment.experiment_config(), experiment._CHOICES)
+  c.finetune.lora.base_quant = "nf4"
+  c.finetune.lora.quant_block_size = 7
+  with pytest.raises(ConfigError, match="finetune: config key lora.quant_block_size"):
+    experiment.training_config(c, train_file="train.jsonl", seed=0)
