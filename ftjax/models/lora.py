@@ -114,6 +114,25 @@ def kernel_shape(params, target: str) -> tuple[int, ...]:
                             len(in_names))
 
 
+def column_norms(params, target: str) -> np.ndarray:
+  """||W|| over the input axes, [layers, *out] fp32: one layer dequantized at a time, so a large
+  quantized base is never held at full width."""
+  group, in_names, _ = TARGETS[target]
+  module = params["layers"][group][target]
+  n_in = len(in_names)
+  mode, block = base_quant_of(module, n_in)
+
+  def layer_norm(i):
+    if mode == "none":
+      kernel = jnp.asarray(module["kernel"][i], jnp.float32)
+    else:
+      kernel = quant.dequantize(jnp.asarray(module["codes"][i]), jnp.asarray(module["scales"][i]),
+                                mode=mode, block_size=block, axis=n_in - 1)
+    return np.asarray(jnp.sqrt(jnp.sum(jnp.square(kernel), axis=tuple(range(n_in)))))
+  layers = (module["kernel"] if mode == "none" else module["codes"]).shape[0]
+  return np.stack([layer_norm(i) for i in range(layers)])
+
+
 def init_lora(params, *, rank: int, targets: Sequence[str], rng: jax.Array,
               dtype=jnp.float32, variant: str = "lora") -> dict:
   """Adapters for `targets` in every layer: `a` ~ U(±1/sqrt(fan_in)) (as PEFT), `b` = 0; DoRA
@@ -134,9 +153,7 @@ def init_lora(params, *, rank: int, targets: Sequence[str], rng: jax.Array,
     b = jnp.zeros((layers, rank, *out_shape), dtype)
     adapter = {"a": a, "b": b}
     if variant == "dora":
-      kernel = base_kernel(params, target)
-      adapter["m"] = jnp.sqrt(jnp.sum(jnp.square(kernel), axis=tuple(
-          range(1, 1 + len(in_names))))).astype(dtype)
+      adapter["m"] = jnp.asarray(column_norms(params, target), dtype)
     adapters.setdefault("layers", {}).setdefault(group, {})[target] = adapter
   return adapters
 
