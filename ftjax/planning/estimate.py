@@ -19,6 +19,8 @@ Memory (bytes; b = activation dtype bytes):
                          attention scores and probabilities, MLP gate/up/act/product)
                    dots  2e + 2q + 2kv + 2f + heads seq   (matmul outputs only)
                    full  e (each layer's input), plus one layer's `none` set while recomputed
+                 DoRA (remat none | dots) adds 2 x the adapted projections' outputs (the base's
+                 and the adapter's, which the magnitude's gradient reads)
   logits         T x V x 4 x 3 (fp32 logits, their softmax and their gradient)
   runtime        (cpu) the process before any array: Python, JAX/XLA, libraries
   KV cache       2 L kv b per token of context, for serving `batch` sequences of seq_len
@@ -187,12 +189,16 @@ def memory(cfg: ModelConfig, inputs: PlanInputs, hardware: Hardware) -> dict[str
     dequantized = projections / cfg.num_layers * act_bytes
   tokens = inputs.batch * inputs.seq_len / devices
   saved, recomputed = activation_elements(cfg, inputs.seq_len, inputs.remat)
+  dora_saved = 0.0
+  if inputs.method == "lora" and inputs.lora_variant == "dora" and inputs.remat != "full":
+    # The magnitude's gradient reads each projection's base and adapter outputs: both are kept.
+    dora_saved = 2 * dora_param_count(cfg) / cfg.num_layers
   out = {
       "params": param_bytes / devices,
       "dequantized_layer": dequantized / devices,
       "gradients": trainable * 4 * 2 / devices,
       "optimizer_state": trainable * 4 * 2 / devices,
-      "activations": tokens * act_bytes * (cfg.num_layers * saved + recomputed),
+      "activations": tokens * act_bytes * (cfg.num_layers * (saved + dora_saved) + recomputed),
       "logits": tokens * cfg.vocab_size * 4 * LOGIT_COPIES,
       "runtime": CPU_RUNTIME_BYTES if hardware.name == "cpu" else 0.0,
   }
