@@ -151,8 +151,15 @@ def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, t
   assert not [p for p in paths if "codes" in p or "scales" in p or "kernel" in p]
   assert any("opt_state" in p and "['a']" in p for p in paths)
   # A QLoRA workdir loads back with its quantized base and computes what training computed.
-  loaded = ftjax.load(str(tmp_path), tokenizer=False)
+  loaded = ftjax.load(str(tmp_path))
   assert loaded.config.base_quant == "nf4" and loaded.adapters.spec.base_quant == "nf4"
+  trained = Adapters(loaded.adapters.spec, jax.device_get(result.params))
+  np.testing.assert_allclose(_logits(loaded.config, loaded.params, loaded.adapters),
+                             _logits(loaded.config, jax.device_get(result.base_params), trained),
+                             atol=1e-5)
+  from ftjax.generate import SamplingConfig, generate
+  [answer] = generate(loaded, ["How do I reset my password?"], SamplingConfig(max_new_tokens=4))
+  assert 1 <= len(answer.token_ids) <= 4  # a QLoRA workdir generates
 
 
 MESHES = {"one device": {"mesh.data": 1, "mesh.num_devices": 1},
