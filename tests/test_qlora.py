@@ -131,6 +131,15 @@ def _tiny_config(folder, **changes):
   return c
 
 
+def test_qlora_recipe_validates():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("recipe", REPO / "configs" / "smollm2_qlora.py")
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  config = validate(recipe.get_config())
+  assert (config.lora.enabled, config.lora.base_quant) == (True, "nf4")
+
+
 def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, tmp_path):
   config = _tiny_config(tiny_llama_folder, **{"lora.base_quant": "nf4",
                                               "mesh.data": 1, "mesh.num_devices": 1})
@@ -157,6 +166,12 @@ def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, t
   np.testing.assert_allclose(_logits(loaded.config, loaded.params, loaded.adapters),
                              _logits(loaded.config, jax.device_get(result.base_params), trained),
                              atol=1e-5)
+  # Exported from the workdir: the merged HF folder is the QLoRA model (dequantized base).
+  export(str(tmp_path), tmp_path / "merged", "hf", merge=True)
+  merged = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "merged", attn_implementation="eager").eval()
+  np.testing.assert_allclose(_torch_logits(merged),
+                             _logits(loaded.config, loaded.params, loaded.adapters), atol=1e-4)
   from ftjax.generate import SamplingConfig, generate
   [answer] = generate(loaded, ["How do I reset my password?"], SamplingConfig(max_new_tokens=4))
   assert 1 <= len(answer.token_ids) <= 4  # a QLoRA workdir generates
