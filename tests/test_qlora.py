@@ -91,6 +91,10 @@ def test_qlora_forward_equals_lora_on_the_dequantized_weights(tiny, mode):
   adapters = _random_adapters(qparams, LoraSpec(rank=4, alpha=8.0, targets=ALL_TARGETS))
   ours = _logits(qcfg, qparams, adapters)
   np.testing.assert_allclose(ours, _logits(tiny.config, plain, adapters), atol=2e-5)
+  # bf16 compute: the dequantized weight feeds the same bf16 x bf16 -> fp32 product.
+  bf16 = {"dtype": "bfloat16"}
+  np.testing.assert_allclose(_logits(qcfg.replace(**bf16), qparams, adapters),
+                             _logits(tiny.config.replace(**bf16), plain, adapters), atol=1e-3)
   # Quantization did change the model (by a bounded amount): nf4 more than int8.
   drift = np.abs(_logits(qcfg, qparams) - _logits(tiny.config, tiny.params)).max()
   assert 0 < drift < (0.05 if mode == "int8" else 1.5)
@@ -199,8 +203,8 @@ def test_qlora_dora_mesh_layouts_give_the_same_losses(tiny_llama_folder, tmp_pat
 def test_qlora_resume_continues_exactly(tiny_llama_folder, tmp_path):
   import shutil
   config = _tiny_config(tiny_llama_folder, **{
-      "lora.base_quant": "nf4", "lora.variant": "dora", "mesh.data": 1, "mesh.num_devices": 1,
-      "checkpoint.every_steps": 2, "checkpoint.async_save": False})
+      "lora.base_quant": "nf4", "lora.variant": "dora", "lora.dropout": 0.1, "mesh.data": 1,
+      "mesh.num_devices": 1, "checkpoint.every_steps": 2, "checkpoint.async_save": False})
   straight = ftjax.train.run(config, tmp_path / "run")
   # As if the run had stopped right after its step-4 checkpoint: it resumes from there.
   shutil.rmtree(tmp_path / "run" / "checkpoints" / "6")
