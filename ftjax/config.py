@@ -145,7 +145,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict, schema: ml_collectio
   return given
 
 
-def check_lora_options(lora: ml_collections.ConfigDict, prefix: str):
+def check_lora_options(lora: ml_collections.ConfigDict):
   """DoRA and a quantized base: only with LoRA on, only on the linear projections, and blocks
   that pair up for nf4. Whether the block size divides each kernel's input dim needs the model:
   `ftjax.models.quant.check_model` (called by `ftjax.load`)."""
@@ -153,16 +153,17 @@ def check_lora_options(lora: ml_collections.ConfigDict, prefix: str):
   special = [f"{key}={lora[key]!r}" for key, plain in (("variant", "lora"), ("base_quant", "none"))
              if lora[key] != plain]
   if special and not lora.enabled:
-    raise ConfigError(f"config key {prefix}enabled: {', '.join(special)} needs "
-                      f"{prefix}enabled=True (the base is frozen only under LoRA)")
+    raise ConfigError(f"config key lora.enabled: {', '.join(special)} needs "
+                      "lora.enabled=True (the base is frozen only under LoRA)")
   if special:
     unsupported = [t for t in lora.targets if t not in ALL_TARGETS]
     if unsupported:
-      raise ConfigError(f"config key {prefix}targets: {', '.join(special)} applies to the linear "
+      raise ConfigError(f"config key lora.targets: {', '.join(special)} applies to the linear "
                         f"projections {', '.join(ALL_TARGETS)}; not to {', '.join(unsupported)}")
   if lora.base_quant == "nf4" and lora.quant_block_size % 2:
-    raise ConfigError(f"config key {prefix}quant_block_size: nf4 packs two 4-bit codes per byte "
-                      f"within a block, so the block size must be even, got {lora.quant_block_size}")
+    raise ConfigError(f"config key lora.quant_block_size: nf4 packs two 4-bit codes per byte "
+                      f"within a block, so the block size must be even, "
+                      f"got {lora.quant_block_size}")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -194,7 +195,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(f"config key batch_size: batch_size ({config.batch_size}) must be "
                       f"divisible by grad_accum_steps ({config.grad_accum_steps})")
-  check_lora_options(config.lora, "lora.")
+  check_lora_options(config.lora)
   if not 0 <= config.data.eval_fraction < 1:
     raise ConfigError(f"config key data.eval_fraction: must be in [0, 1), "
                       f"got {config.data.eval_fraction}")

@@ -2,8 +2,6 @@
 invariants, training on a mesh, PEFT parity and export."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax

@@ -1,4 +1,4 @@
-"""LoRA vs QLoRA (int8, nf4) vs DoRA on SmolLM2-135M-Instruct, with the planner beside each (issue 24).
+"""LoRA vs QLoRA (int8, nf4) vs DoRA on SmolLM2-135M, the planner beside each (issue 24).
 
   python experiments/bench/qlora_bench.py --out experiments/bench/results/qlora_cpu.json
 

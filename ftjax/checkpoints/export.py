@@ -259,8 +259,8 @@ def _write_peft(folder: Path, cfg, spec, adapters: dict, base_name: str, dtype):
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
       "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
       "target_modules": sorted(spec.targets), "bias": "none", "fan_in_fan_out": False,
-      "inference_mode": True, "use_rslora": False, "use_dora": spec.variant == "dora", "modules_to_save": None,
-      "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+      "inference_mode": True, "use_rslora": False, "use_dora": spec.variant == "dora",
+      "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
       "init_lora_weights": True, "revision": None})
 
 

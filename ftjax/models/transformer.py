@@ -6,7 +6,9 @@ Layers are an `nn.scan`, so params are stacked on a leading `layers` axis and co
 not grow with depth.
 
 LoRA adapters, when present, live in a separate `lora` collection (see `ftjax.models.lora`): each
-projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it.
+projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it (DoRA
+when the adapter also holds a magnitude `m`). With `cfg.base_quant` the projections' kernels are
+stored block-quantized (QLoRA: `codes` and `scales`, `ftjax.models.quant`).
 
 The KV cache is an explicit argument and return value (no mutable collections):
   cache = {"k": [layers, batch, max_len, kv_heads, head_dim], "v": same}
