@@ -64,6 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora.alpha = 16.0
   c.lora.dropout = 0.0
   c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+  c.lora.variant = "lora"  # lora | dora (a magnitude per output unit, PEFT's use_dora)
+  # QLoRA: store the frozen base's projections block-quantized (none | int8 | nf4), dequantized
+  # inside each matmul; blocks of quant_block_size along each kernel's input axis.
+  c.lora.base_quant = "none"
+  c.lora.quant_block_size = 64
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all remaining devices
@@ -98,6 +103,8 @@ _CHOICES = {
     "data.on_bad_rows": ("skip", "error"),
     "data.audit": ("off", "warn", "error", "redact"),
     "optimizer.schedule": ("cosine", "linear", "constant"),
+    "lora.variant": ("lora", "dora"),
+    "lora.base_quant": ("none", "int8", "nf4"),
 }
 
 
@@ -138,10 +145,32 @@ def check_keys_and_types(config: ml_collections.ConfigDict, schema: ml_collectio
   return given
 
 
+def check_lora_options(lora: ml_collections.ConfigDict):
+  """DoRA and a quantized base: only with LoRA on, only on the linear projections, and blocks
+  that pair up for nf4. Whether the block size divides each kernel's input dim needs the model:
+  `ftjax.models.quant.check_model` (called by `ftjax.load`)."""
+  from ftjax.models.lora import ALL_TARGETS
+  special = [f"{key}={lora[key]!r}" for key, plain in (("variant", "lora"), ("base_quant", "none"))
+             if lora[key] != plain]
+  if special and not lora.enabled:
+    raise ConfigError(f"config key lora.enabled: {', '.join(special)} needs "
+                      "lora.enabled=True (the base is frozen only under LoRA)")
+  if special:
+    unsupported = [t for t in lora.targets if t not in ALL_TARGETS]
+    if unsupported:
+      raise ConfigError(f"config key lora.targets: {', '.join(special)} applies to the linear "
+                        f"projections {', '.join(ALL_TARGETS)}; not to {', '.join(unsupported)}")
+  if lora.base_quant == "nf4" and lora.quant_block_size % 2:
+    raise ConfigError(f"config key lora.quant_block_size: nf4 packs two 4-bit codes per byte "
+                      f"within a block, so the block size must be even, "
+                      f"got {lora.quant_block_size}")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and types against `base_config()` and the values that must agree."""
   given = check_keys_and_types(config, base_config(), _CHOICES)
   for key in ("seq_len", "batch_size", "grad_accum_steps", "num_steps", "lora.rank",
+              "lora.quant_block_size",
               "checkpoint.every_steps", "checkpoint.keep", "log_every_steps",
               "train.max_consecutive_nonfinite"):
     if given[key] < 1:
@@ -166,6 +195,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(f"config key batch_size: batch_size ({config.batch_size}) must be "
                       f"divisible by grad_accum_steps ({config.grad_accum_steps})")
+  check_lora_options(config.lora)
   if not 0 <= config.data.eval_fraction < 1:
     raise ConfigError(f"config key data.eval_fraction: must be in [0, 1), "
                       f"got {config.data.eval_fraction}")

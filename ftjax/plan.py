@@ -54,12 +54,18 @@ def render(result: dict) -> str:
       f"hardware   {hw['name']} x{hw['devices']}: {hw['note']}; efficiency {hw['efficiency']:.2f}, "
       f"{hw['price_per_device_hour']:.2f} USD/device-hour",
       f"run        {inp['train_tokens']:.3g} tokens, batch {inp['batch']} x seq {inp['seq_len']}, "
-      f"remat {inp['remat']}, {inp['dtype']} activations",
+      f"remat {inp['remat']}, {inp['dtype']} activations"
+      + (f", {inp['lora_variant']}" if inp["method"] == "lora" else "")
+      + (f", {inp['base_quant']} base (blocks of {inp['quant_block_size']})"
+         if inp["method"] == "lora" and inp["base_quant"] != "none" else ""),
       "",
       "memory per device (train step)",
   ]
   for key in ("params", "gradients", "optimizer_state", "activations", "logits", "runtime"):
     lines.append(f"  {key:<16}{_gb(mem[key])}")
+  if mem["dequantized_layer"]:
+    lines.append(f"  {'dequantized':<16}{_gb(mem['dequantized_layer'])}   "
+                 f"(one layer, {inp['base_quant']} base)")
   lines.append(f"  {'total':<16}{_gb(mem['train_total'])}   "
                f"({'fits' if result['fits'] else 'does NOT fit'} in "
                f"{hw['memory_per_device'] / 1e9:.0f} GB)")
@@ -96,6 +102,10 @@ def main(argv=None):
   parser.add_argument("--hardware", choices=HARDWARE_NAMES, required=True)
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--lora_rank", type=int, default=16)
+  parser.add_argument("--lora_variant", choices=("lora", "dora"), default="lora")
+  parser.add_argument("--base_quant", choices=("none", "int8", "nf4"), default="none",
+                      help="QLoRA: the frozen base's projections stored block-quantized")
+  parser.add_argument("--quant_block_size", type=int, default=64)
   parser.add_argument("--remat", choices=REMAT_POLICIES, default="none")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="activation dtype (params stay float32, as ftjax trains)")
@@ -105,13 +115,17 @@ def main(argv=None):
   parser.add_argument("--chunk_tokens", type=int, default=256)
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
-  for option in ("train_tokens", "seq_len", "batch", "lora_rank", "top_k", "chunk_tokens"):
+  for option in ("train_tokens", "seq_len", "batch", "lora_rank", "top_k", "chunk_tokens",
+                 "quant_block_size"):
     if getattr(args, option) <= 0:
       _fail(f"--{option}", f"must be > 0, got {getattr(args, option):g}")
   for option in ("queries_per_day", "price"):
     if getattr(args, option) is not None and getattr(args, option) < 0:
       _fail(f"--{option}", f"must be >= 0, got {getattr(args, option):g}")
 
+  if args.method == "full" and (args.base_quant != "none" or args.lora_variant != "lora"):
+    _fail("--base_quant" if args.base_quant != "none" else "--lora_variant",
+          "applies to --method lora (a quantized base is frozen)")
   cfg = cli.run_main(model_config, args.model, errors=(OSError, ValueError), prefix="--model: ")
   if args.seq_len > cfg.max_position_embeddings:
     _fail("--seq_len", f"{args.seq_len} exceeds the model's context of "
@@ -121,6 +135,8 @@ def main(argv=None):
     hardware = dataclasses.replace(hardware, price_per_device_hour=args.price)
   inputs = PlanInputs(method=args.method, train_tokens=args.train_tokens, seq_len=args.seq_len,
                       batch=args.batch, lora_rank=args.lora_rank, remat=args.remat,
+                      lora_variant=args.lora_variant, base_quant=args.base_quant,
+                      quant_block_size=args.quant_block_size,
                       dtype=args.dtype, queries_per_day=args.queries_per_day,
                       top_k=args.top_k, chunk_tokens=args.chunk_tokens)
   result = plan(cfg, inputs, hardware)

@@ -78,6 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy,
+              quant=config.lora.base_quant if config.lora.enabled else None,
+              quant_block_size=config.lora.quant_block_size,
               attention_impl=config.attention, loss_chunk=config.loss_chunk)
   if base.adapters is not None:
     raise ConfigError(f"config key model: {config.model} is a LoRA run; to continue training its "

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ftjax.models import layout
+from ftjax.models import layout, quant
 from ftjax.checkpoints.hf_import import CheckpointError, read_hf_config
 from ftjax.checkpoints.loading import Pretrained, RunModel, latest_trained_step, load
 from ftjax.checkpoints.registry import is_workdir, resolve
@@ -56,7 +56,9 @@ def export(model: str | os.PathLike | Pretrained, out: str | os.PathLike, format
 
     hf    config.json, generation_config.json, tokenizer files, model*.safetensors (sharded with
           an index above `max_shard_bytes`). A LoRA run needs `merge=True` (merged at its scale).
-    peft  adapter_config.json + adapter_model.safetensors (a LoRA run's adapters).
+    peft  adapter_config.json + adapter_model.safetensors (a LoRA run's adapters; DoRA's with
+          use_dora and lora_magnitude_vector). A QLoRA run's adapters load with PEFT on the
+          unquantized base; its `hf --merge` folder holds the dequantized base plus the adapters.
     gguf  out/model.gguf (llama, qwen2), `gguf_type` f32 | f16 | bf16 | q8_0 (default: `dtype`).
 
   `dtype` is the stored dtype (default: the params'). Returns `out`.
@@ -82,6 +84,10 @@ def export(model: str | os.PathLike | Pretrained, out: str | os.PathLike, format
     if adapters is not None:  # merged on the host, so the sharding cannot change a bit
       params = _merged(cfg, params, dataclasses.replace(adapters,
                                                         params=to_host(adapters.params)))
+    elif cfg.base_quant != "none":  # a quantized base is written dequantized
+      params = quant.dequantize_params(params, quant.projections(cfg), mode=cfg.base_quant,
+                                       block_size=cfg.quant_block_size, dtype=np.float32)
+    cfg = cfg.replace(base_quant="none")
   if jax.process_index() == 0:
     with _staged(out, overwrite) as staging:
       if format == "hf":
@@ -250,13 +256,16 @@ def _write_peft(folder: Path, cfg, spec, adapters: dict, base_name: str, dtype):
                                              np.asarray(ab["b"][i]))
         tensors[layout.peft_key(i, target, "A")] = _cast(lora_a, dtype)
         tensors[layout.peft_key(i, target, "B")] = _cast(lora_b, dtype)
+        if "m" in ab:
+          tensors[layout.peft_key(i, target, "magnitude")] = _cast(
+              np.ascontiguousarray(np.asarray(ab["m"][i]).reshape(-1)), dtype)
   _save_safetensors(folder / "adapter_model.safetensors", tensors)
   _write_json(folder / "adapter_config.json", {
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
       "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
       "target_modules": sorted(spec.targets), "bias": "none", "fan_in_fan_out": False,
-      "inference_mode": True, "use_rslora": False, "use_dora": False, "modules_to_save": None,
-      "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+      "inference_mode": True, "use_rslora": False, "use_dora": spec.variant == "dora",
+      "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
       "init_lora_weights": True, "revision": None})
 
 

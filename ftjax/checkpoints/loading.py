@@ -19,6 +19,8 @@ import jax.numpy as jnp
 
 from ftjax.checkpoints.hf_import import CheckpointError, load_params, read_hf_config
 from ftjax.checkpoints.registry import RUN_MODEL_FILE, is_workdir, resolve
+from ftjax.config import ConfigError
+from ftjax.models import quant as quant_lib
 from ftjax.models.lora import Adapters, LoraSpec
 from ftjax.models.config import ModelConfig, from_hf_config
 
@@ -111,7 +113,8 @@ def _model_config(name_or_path, **config_args) -> ModelConfig:
 def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: str | None = None,
          param_dtype: str | None = None, allow_pickle: bool = False, tokenizer: bool = True,
          device_put: bool = True, adapter: str | os.PathLike | None = None,
-         step: int | None = None, **config_overrides) -> Pretrained:
+         step: int | None = None, quant: str | None = None, quant_block_size: int = 64,
+         **config_overrides) -> Pretrained:
   """Loads a pretrained decoder by registered name, local folder / .gguf file, or hub id, or
   the trained model of a training workdir.
 
@@ -119,7 +122,9 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
   (default float32, or for a workdir the run's). `adapter` is a PEFT LoRA adapter folder
   (adapter_config.json + adapter_model.safetensors) for this base, returned as `adapters`.
   `step` picks a training workdir's checkpoint (default: its latest), e.g. the one an early-
-  stopping rule selected.
+  stopping rule selected. `quant` ("int8" | "nf4") stores every projection's kernel
+  block-quantized (QLoRA's frozen base; blocks of `quant_block_size`, `ftjax.models.quant`);
+  a LoRA workdir's base is quantized as it was trained unless `quant` says otherwise.
   Returns params as a plain pytree of jax arrays (numpy if `device_put=False`).
   """
   if adapter is not None:
@@ -127,7 +132,8 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
       raise CheckpointError(f"{name_or_path}: a training workdir brings its own adapters; "
                             "pass its base model with adapter=")
     model = load(name_or_path, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle,
-                 tokenizer=tokenizer, device_put=device_put, **config_overrides)
+                 tokenizer=tokenizer, device_put=device_put, quant=quant,
+                 quant_block_size=quant_block_size, **config_overrides)
     adapters = load_peft_adapter(adapter, model.config)
     if device_put:
       adapters = dataclasses.replace(adapters, params=jax.tree.map(jnp.asarray, adapters.params))
@@ -135,20 +141,32 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
   if is_workdir(name_or_path):
     return _load_run(Path(name_or_path).expanduser(), dtype=dtype, param_dtype=param_dtype,
                      allow_pickle=allow_pickle, tokenizer=tokenizer, device_put=device_put,
-                     step=step, **config_overrides)
+                     step=step, quant=quant, quant_block_size=quant_block_size,
+                     **config_overrides)
   if step is not None:
     raise CheckpointError(f"{name_or_path}: step= applies to a training workdir only")
   folder = resolve(name_or_path)
   cfg = from_hf_config(read_hf_config(folder), dtype=dtype or "float32",
                        param_dtype=param_dtype or "float32", **config_overrides)
+  quant = quant or "none"
+  if quant != "none":
+    try:
+      quant_lib.check_model(cfg, quant, quant_block_size)
+    except ValueError as err:
+      raise ConfigError(f"config key {err}") from None
   cfg, params = load_params(folder, cfg, allow_pickle=allow_pickle)
+  if quant != "none":
+    params = quant_lib.quantize_params(jax.device_get(params), quant_lib.projections(cfg),
+                                       mode=quant, block_size=quant_block_size)
+    cfg = cfg.replace(base_quant=quant, quant_block_size=quant_block_size)
   if device_put:
     params = jax.tree.map(jnp.asarray, params)
   return Pretrained(cfg, params, load_tokenizer(folder) if tokenizer else None)
 
 
 def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, device_put,
-              step: int | None = None, **config_overrides) -> Pretrained:
+              step: int | None = None, quant: str | None = None, quant_block_size: int = 64,
+         **config_overrides) -> Pretrained:
   """A run's base plus the trainable params of its checkpoint at `step` (default: the latest
   finished one), on one device; the optimizer state is not read."""
   from ftjax.checkpoints.orbax_store import restore_params
@@ -160,8 +178,11 @@ def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, dev
     params = restore_params(workdir / "checkpoints", step, dtype=jnp.dtype(param_dtype))
     adapters = None
   else:
+    if quant is None:
+      quant, quant_block_size = run.lora.base_quant, run.lora.quant_block_size
     base = load(run.base_model, dtype=dtype, param_dtype=param_dtype, allow_pickle=allow_pickle,
-                tokenizer=False, device_put=False, **config_overrides)
+                tokenizer=False, device_put=False, quant=quant,
+                quant_block_size=quant_block_size, **config_overrides)
     cfg, params = base.config, base.params
     adapters = Adapters(run.lora, restore_params(workdir / "checkpoints", step))
     _check_adapters(workdir, adapters)
@@ -186,9 +207,9 @@ def _check_adapters(workdir: Path, adapters: Adapters):
         f"rank {adapters.spec.rank})")
 
 
-# Options of a PEFT LoraConfig that change what the adapter computes; ftjax applies plain LoRA
-# (scale alpha / r, no bias, no DoRA) and refuses the others rather than ignore them.
-_PEFT_PLAIN = {"bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+# Options of a PEFT LoraConfig that change what the adapter computes; ftjax applies LoRA or DoRA
+# (scale alpha / r, no bias) and refuses the others rather than ignore them.
+_PEFT_PLAIN = {"bias": "none", "use_rslora": False, "fan_in_fan_out": False,
                "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {},
                "alpha_pattern": {}}
 
@@ -219,15 +240,16 @@ def load_peft_adapter(folder: str | os.PathLike, cfg: ModelConfig) -> Adapters:
     raise CheckpointError(f"{config_path}: target_modules {targets!r}: ftjax adapts a list of "
                           f"{', '.join(layout.PROJECTIONS)}")
   rank = int(peft["r"])
+  dora = bool(peft.get("use_dora", False))
   spec = LoraSpec(rank=rank, alpha=float(peft["lora_alpha"]),
-                  dropout=float(peft.get("lora_dropout", 0.0)),
+                  dropout=float(peft.get("lora_dropout", 0.0)), variant="dora" if dora else "lora",
                   targets=tuple(t for t in layout.PROJECTIONS if t in targets))
   weights = load_file(str(weights_path))
   params: dict = {}
   for target in spec.targets:
-    a_layers, b_layers = [], []
+    a_layers, b_layers, m_layers = [], [], []
     for i in range(cfg.num_layers):
-      keys = [layout.peft_key(i, target, m) for m in "AB"]
+      keys = [layout.peft_key(i, target, m) for m in ("A", "B", "magnitude")[:3 if dora else 2]]
       absent = [k for k in keys if k not in weights]
       if absent:
         raise CheckpointError(f"{weights_path}: missing {absent[0]}")
@@ -237,7 +259,11 @@ def load_peft_adapter(folder: str | os.PathLike, cfg: ModelConfig) -> Adapters:
         raise CheckpointError(f"{weights_path}: {keys[0]} has rank {a.shape[-1]}, config r={rank}")
       a_layers.append(a)
       b_layers.append(b)
+      if dora:
+        m_layers.append(weights[keys[2]].astype(np.float32).reshape(b.shape[1:]))
     group = layout.PROJECTIONS[target].group
     params.setdefault("layers", {}).setdefault(group, {})[target] = {
         "a": np.stack(a_layers), "b": np.stack(b_layers)}
+    if dora:
+      params["layers"][group][target]["m"] = np.stack(m_layers)
   return Adapters(spec, params)

@@ -171,7 +171,9 @@ def experiment_config() -> ml_collections.ConfigDict:
 AUDIT_MODES = ("off", "warn", "error", "redact")
 _CHOICES = {"retrieval.method": METHODS, "finetune_source": SOURCES, "finetune.select": SELECT,
             "dtype": ("float32", "bfloat16"), "data.audit": AUDIT_MODES,
-            "raft.distractors": RAFT_DISTRACTORS}
+            "raft.distractors": RAFT_DISTRACTORS,
+            "finetune.lora.variant": ("lora", "dora"),
+            "finetune.lora.base_quant": ("none", "int8", "nf4")}
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

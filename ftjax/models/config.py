@@ -65,6 +65,10 @@ class ModelConfig:
   # LoRA (training-time): adapters live in the `lora` collection; these say how they are applied.
   lora_scale: float = 1.0  # alpha / rank
   lora_dropout: float = 0.0
+  # QLoRA: the projections' kernels are stored block-quantized (none | int8 | nf4), blocks of
+  # quant_block_size along the last input axis (ftjax.models.quant); a quantized base is frozen.
+  base_quant: str = "none"
+  quant_block_size: int = 64
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

@@ -180,8 +180,11 @@ PEFT_PREFIX = "base_model.model."
 
 
 def peft_key(layer: int, target: str, matrix: str) -> str:
-  """`base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (matrix: A or B)."""
+  """`base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (matrix: A or B), or
+  `....q_proj.lora_magnitude_vector` (matrix: magnitude, DoRA's m [out])."""
   module = PROJECTIONS[target].hf.rsplit(".", 1)[0]
+  if matrix == "magnitude":
+    return f"{PEFT_PREFIX}model.layers.{layer}.{module}.lora_magnitude_vector"
   return f"{PEFT_PREFIX}model.layers.{layer}.{module}.lora_{matrix}.weight"
 
 

@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -109,3 +110,50 @@ def _bf16_dot_bwd(num_contract, kernel_out_first, out_dtype, residuals, dy):
 
 
 _bf16_dot.defvjp(_bf16_dot_fwd, _bf16_dot_bwd)
+
+
+def project_quantized(x: Array, codes: Array, scales: Array, num_contract: int, dtype, *,
+                      mode: str, block_size: int) -> Array:
+  """`project` onto a frozen block-quantized kernel (`ftjax.models.quant`): the kernel is
+  dequantized to `dtype` inside the product, in the forward pass and again in the backward pass,
+  so what the backward pass keeps is the codes (params held anyway), never a dequantized copy (a
+  scan over layers would otherwise stack one per layer: the whole model at full width). The codes
+  and scales get zero cotangents: a quantized base is frozen. Returns [..., *out] in `dtype`."""
+  return _quantized_dot(x, codes, scales, num_contract, jnp.dtype(dtype), mode, block_size)
+
+
+def _dequantized(codes, scales, num_contract, dtype, mode, block_size):
+  from ftjax.models import quant
+  return quant.dequantize(codes, scales, mode=mode, block_size=block_size,
+                          axis=num_contract - 1, dtype=dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _quantized_dot(x, codes, scales, num_contract, dtype, mode, block_size):
+  w = _dequantized(codes, scales, num_contract, dtype, mode, block_size)
+  dims = _dims(x.ndim, w.ndim, num_contract, False)
+  if dtype == jnp.bfloat16:
+    return _f32_dot(x.astype(dtype), w, dims).astype(dtype)
+  return jax.lax.dot_general(x.astype(dtype), w, dims)
+
+
+def _quantized_dot_fwd(x, codes, scales, num_contract, dtype, mode, block_size):
+  y = _quantized_dot(x, codes, scales, num_contract, dtype, mode, block_size)
+  return y, (codes, scales, jnp.zeros((0,), x.dtype))  # the empty array carries x's dtype
+
+
+def _quantized_dot_bwd(num_contract, dtype, mode, block_size, residuals, dy):
+  codes, scales, x_dtype = residuals
+  w = _dequantized(codes, scales, num_contract, dtype, mode, block_size)
+  num_out = w.ndim - num_contract
+  out_axes = tuple(range(dy.ndim - num_out, dy.ndim))
+  dims = ((out_axes, tuple(range(num_contract, w.ndim))), ((), ()))
+  if dtype == jnp.bfloat16:
+    dx = _f32_dot(dy.astype(dtype), w, dims)
+  else:
+    dx = jax.lax.dot_general(dy.astype(dtype), w, dims)
+  return (dx.astype(x_dtype.dtype), np.zeros(codes.shape, jax.dtypes.float0),
+          jnp.zeros_like(scales))
+
+
+_quantized_dot.defvjp(_quantized_dot_fwd, _quantized_dot_bwd)

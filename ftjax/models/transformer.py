@@ -6,7 +6,9 @@ Layers are an `nn.scan`, so params are stacked on a leading `layers` axis and co
 not grow with depth.
 
 LoRA adapters, when present, live in a separate `lora` collection (see `ftjax.models.lora`): each
-projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it.
+projection adds `dropout(x) @ a @ b * scale` if the collection holds an adapter for it (DoRA
+when the adapter also holds a magnitude `m`). With `cfg.base_quant` the projections' kernels are
+stored block-quantized (QLoRA: `codes` and `scales`, `ftjax.models.quant`).
 
 The KV cache is an explicit argument and return value (no mutable collections):
   cache = {"k": [layers, batch, max_len, kv_heads, head_dim], "v": same}
@@ -28,6 +30,7 @@ import numpy as np
 
 from ftjax.models import attention as attention_lib
 from ftjax.models import matmul
+from ftjax.models import quant
 from ftjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -67,7 +70,13 @@ def dropout_keep_mask(rng: Array, shape: tuple[int, ...], rate: float) -> Array:
 
 class Projection(nn.Module):
   """`y = einsum(x, kernel) (+ bias)` over the trailing `contract` axes of x, with optional LoRA.
-  Every product goes through `matmul.project` (bf16 inputs, fp32 accumulation under bf16)."""
+  Every product goes through `matmul.project` (bf16 inputs, fp32 accumulation under bf16).
+
+  With `base_quant` (int8 | nf4) the kernel is stored as block-quantized `codes` and `scales`
+  (`ftjax.models.quant`) and dequantized inside the product (`matmul.project_quantized`).
+  An adapter with a magnitude `m` is DoRA (Liu et al. 2024, as PEFT's use_dora):
+  `m * (W + s·ab) / ||W + s·ab||` with the column norm (over the input axes) held constant in the
+  backward pass, as PEFT detaches it."""
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
   in_names: tuple[str, ...]
@@ -77,31 +86,71 @@ class Projection(nn.Module):
   param_dtype: Any
   lora_scale: float = 1.0
   lora_dropout: float = 0.0
+  base_quant: str = "none"
+  quant_block_size: int = 64
+
+  def _base(self):
+    """(x -> x @ W in dtype, () -> W in fp32) for the stored kernel, plain or quantized."""
+    n_in = len(self.in_shape)
+    names = self.in_names + self.out_names
+    if self.base_quant == "none":
+      kernel = _param(self, "kernel", nn.initializers.lecun_normal(
+          in_axis=tuple(range(n_in)),
+          out_axis=tuple(range(n_in, n_in + len(self.out_shape)))),
+          self.in_shape + self.out_shape, names, self.param_dtype)
+      return (lambda h: matmul.project(h, kernel, n_in, self.dtype),
+              lambda: kernel.astype(jnp.float32))
+    codes_shape, scales_shape = quant.quantized_shapes(
+        self.in_shape + self.out_shape, self.base_quant, self.quant_block_size, n_in - 1)
+    codes_dtype = jnp.int8 if self.base_quant == "int8" else jnp.uint8
+    codes = _param(self, "codes", nn.initializers.zeros, codes_shape, names, codes_dtype)
+    scales = _param(self, "scales", nn.initializers.ones, scales_shape, names, jnp.float32)
+    mode, block = self.base_quant, self.quant_block_size
+    return (lambda h: matmul.project_quantized(h, codes, scales, n_in, self.dtype, mode=mode,
+                                               block_size=block),
+            lambda: quant.dequantize(codes, scales, mode=mode, block_size=block, axis=n_in - 1))
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    kernel = _param(self, "kernel", nn.initializers.lecun_normal(
-        in_axis=tuple(range(len(self.in_shape))),
-        out_axis=tuple(range(len(self.in_shape), len(self.in_shape) + len(self.out_shape)))),
-        self.in_shape + self.out_shape, self.in_names + self.out_names, self.param_dtype)
+    base, base_weight = self._base()
     n_in = len(self.in_shape)
-    y = matmul.project(x, kernel, n_in, self.dtype)
+    y = base(x)
     if self.has_variable("lora", "a"):
       a = self.get_variable("lora", "a")  # [*in_shape, rank]
       b = self.get_variable("lora", "b")  # [rank, *out_shape]
       h = x.astype(self.dtype)
-      if not deterministic and self.lora_dropout > 0:
+      dropped = not deterministic and self.lora_dropout > 0
+      if dropped:
         keep = 1.0 - self.lora_dropout
         mask = dropout_keep_mask(self.make_rng("dropout"), h.shape, self.lora_dropout)
         h = jnp.where(mask, h / keep, 0).astype(self.dtype)
-      h = matmul.project(h, a, n_in, self.dtype)
-      h = matmul.project(h, b, 1, self.dtype)
-      y = y + (h * self.lora_scale).astype(self.dtype)
+      lora = matmul.project(matmul.project(h, a, n_in, self.dtype), b, 1, self.dtype)
+      lora = lora * self.lora_scale
+      if self.has_variable("lora", "m"):
+        magnitude = self.get_variable("lora", "m")  # [*out_shape]
+        norm = jax.lax.stop_gradient(dora_weight_norm(base_weight(), a, b, self.lora_scale))
+        mag_scale = (magnitude.astype(jnp.float32) / norm).astype(self.dtype)
+        # PEFT: base(x) + (m/||.|| - 1) * (dropout(x) @ W) + m/||.|| * lora(dropout(x)).
+        base_h = base(h) if dropped else y
+        y = y + (mag_scale - 1) * base_h + mag_scale * lora.astype(self.dtype)
+      else:
+        y = y + lora.astype(self.dtype)
     if self.use_bias:
       bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_names,
                     self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
+
+
+def dora_weight_norm(kernel: Array, a: Array, b: Array, scale: float) -> Array:
+  """||W + scale · a b|| over the input axes, in fp32: kernel [*in, *out], a [*in, rank],
+  b [rank, *out] -> [*out] (PEFT's `weight_norm`, the norm of each output unit's row)."""
+  rank = a.shape[-1]
+  n_in = a.ndim - 1
+  delta = jnp.einsum("ir,ro->io", a.reshape(-1, rank).astype(jnp.float32),
+                     b.reshape(rank, -1).astype(jnp.float32)).reshape(kernel.shape)
+  return jnp.sqrt(jnp.sum(jnp.square(kernel.astype(jnp.float32) + scale * delta),
+                          axis=tuple(range(n_in))))
 
 
 class RMSNorm(nn.Module):
@@ -173,6 +222,7 @@ class Attention(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, lora_scale=cfg.lora_scale,
+                             base_quant=cfg.base_quant, quant_block_size=cfg.quant_block_size,
                              lora_dropout=cfg.lora_dropout)
     q = proj((e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias, name="q_proj")(
         x, deterministic)
@@ -252,7 +302,8 @@ class MLP(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     e, f = cfg.hidden_size, cfg.intermediate_size
     proj = functools.partial(Projection, dtype=dt, param_dtype=pdt, use_bias=cfg.mlp_bias,
-                             lora_scale=cfg.lora_scale, lora_dropout=cfg.lora_dropout)
+                             lora_scale=cfg.lora_scale, lora_dropout=cfg.lora_dropout,
+                             base_quant=cfg.base_quant, quant_block_size=cfg.quant_block_size)
     gate = proj((e,), (f,), ("embed",), ("mlp",), name="gate_proj")(x, deterministic)
     up = proj((e,), (f,), ("embed",), ("mlp",), name="up_proj")(x, deterministic)
     if cfg.activation == "silu":

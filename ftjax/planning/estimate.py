@@ -9,7 +9,9 @@ L: layers, V: vocab, T = batch*seq_len tokens per step):
                  seq / 2); `dots` saves the matmuls, so recomputes no FLOPs worth counting
   inference      2N per token read or generated + attention over its context (4 L q context)
 Memory (bytes; b = activation dtype bytes):
-  params         every weight, in param_dtype
+  params         every weight, in param_dtype; with a quantized base (QLoRA) the projections'
+                 (N - eV) at 1 (int8) or 0.5 (nf4) bytes + 4 bytes of fp32 scale per block, and
+                 while one layer runs its projections dequantized in the compute dtype
   gradients      trainable x 4 x 2: one micro-batch's gradient and the fp32 accumulator
   optimizer      trainable x 4 x 2: AdamW's two moments
   activations    T x L x b x (elements saved per token and layer, by remat policy):
@@ -17,6 +19,8 @@ Memory (bytes; b = activation dtype bytes):
                          attention scores and probabilities, MLP gate/up/act/product)
                    dots  2e + 2q + 2kv + 2f + heads seq   (matmul outputs only)
                    full  e (each layer's input), plus one layer's `none` set while recomputed
+                 DoRA (remat none | dots) adds 2 x the adapted projections' outputs (the base's
+                 and the adapter's, which the magnitude's gradient reads)
   logits         T x V x 4 x 3 (fp32 logits, their softmax and their gradient)
   runtime        (cpu) the process before any array: Python, JAX/XLA, libraries
   KV cache       2 L kv b per token of context, for serving `batch` sequences of seq_len
@@ -76,6 +80,28 @@ def lora_param_count(cfg: ModelConfig, rank: int, targets=None) -> int:
   return int(cfg.num_layers * sum(rank * sum(sizes[t]) for t in (targets or ALL_TARGETS)))
 
 
+def dora_param_count(cfg: ModelConfig, targets=None) -> int:
+  """DoRA's magnitudes: one per output unit of each adapted projection and layer."""
+  from ftjax.models.lora import ALL_TARGETS
+  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  out = {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": cfg.hidden_size,
+         "gate_proj": cfg.intermediate_size, "up_proj": cfg.intermediate_size,
+         "down_proj": cfg.hidden_size}
+  return int(cfg.num_layers * sum(out[t] for t in (targets or ALL_TARGETS)))
+
+
+def trainable_count(cfg: ModelConfig, inputs: "PlanInputs") -> int:
+  if inputs.method == "full":
+    return param_count(cfg)
+  dora = dora_param_count(cfg) if inputs.lora_variant == "dora" else 0
+  return lora_param_count(cfg, inputs.lora_rank) + dora
+
+
+def projection_params(cfg: ModelConfig) -> float:
+  """The weights of the seven projections over all layers (what QLoRA quantizes)."""
+  return matmul_params(cfg) - cfg.hidden_size * cfg.vocab_size
+
+
 def inference_flops(cfg: ModelConfig, prompt_tokens: float, new_tokens: float,
                     cached_tokens: float = 0.0) -> float:
   """Forward FLOPs to read the uncached prompt and generate `new_tokens`."""
@@ -92,7 +118,7 @@ def train_flops_per_token(cfg: ModelConfig, inputs: PlanInputs) -> float:
   if lora:  # x @ a @ b forward; gradients for the input and for a and b backward
     flops += 6 * lora_param_count(cfg, inputs.lora_rank)
   if inputs.remat == "full":
-    layer_params = matmul_params(cfg) - cfg.hidden_size * cfg.vocab_size
+    layer_params = projection_params(cfg)
     q = cfg.num_heads * cfg.head_dim
     flops += 2 * layer_params + 4 * cfg.num_layers * q * inputs.seq_len / 2
   return flops
@@ -132,6 +158,9 @@ class PlanInputs:
   seq_len: int
   batch: int
   lora_rank: int = 16
+  lora_variant: str = "lora"  # lora | dora (adds a magnitude per output unit)
+  base_quant: str = "none"  # none | int8 | nf4: the frozen base's projections (QLoRA)
+  quant_block_size: int = 64
   remat: str = "none"
   dtype: str = "float32"  # compute (activation) dtype
   param_dtype: str = "float32"
@@ -148,14 +177,28 @@ def memory(cfg: ModelConfig, inputs: PlanInputs, hardware: Hardware) -> dict[str
   devices = hardware.devices
   act_bytes = DTYPE_BYTES[inputs.dtype]
   total = param_count(cfg)
-  trainable = total if inputs.method == "full" else lora_param_count(cfg, inputs.lora_rank)
+  trainable = trainable_count(cfg, inputs)
+  param_bytes = total * DTYPE_BYTES[inputs.param_dtype]
+  dequantized = 0.0
+  if inputs.method == "lora" and inputs.base_quant != "none":
+    from ftjax.models.quant import bytes_per_weight
+    projections = projection_params(cfg)
+    param_bytes += projections * (bytes_per_weight(inputs.base_quant, inputs.quant_block_size)
+                                  - DTYPE_BYTES[inputs.param_dtype])
+    # One layer's projections dequantized at a time (forward, and again in the backward pass).
+    dequantized = projections / cfg.num_layers * act_bytes
   tokens = inputs.batch * inputs.seq_len / devices
   saved, recomputed = activation_elements(cfg, inputs.seq_len, inputs.remat)
+  dora_saved = 0.0
+  if inputs.method == "lora" and inputs.lora_variant == "dora" and inputs.remat != "full":
+    # The magnitude's gradient reads each projection's base and adapter outputs: both are kept.
+    dora_saved = 2 * dora_param_count(cfg) / cfg.num_layers
   out = {
-      "params": total * DTYPE_BYTES[inputs.param_dtype] / devices,
+      "params": param_bytes / devices,
+      "dequantized_layer": dequantized / devices,
       "gradients": trainable * 4 * 2 / devices,
       "optimizer_state": trainable * 4 * 2 / devices,
-      "activations": tokens * act_bytes * (cfg.num_layers * saved + recomputed),
+      "activations": tokens * act_bytes * (cfg.num_layers * (saved + dora_saved) + recomputed),
       "logits": tokens * cfg.vocab_size * 4 * LOGIT_COPIES,
       "runtime": CPU_RUNTIME_BYTES if hardware.name == "cpu" else 0.0,
   }
@@ -169,10 +212,12 @@ def memory(cfg: ModelConfig, inputs: PlanInputs, hardware: Hardware) -> dict[str
 def plan(cfg: ModelConfig, inputs: PlanInputs, hardware: Hardware) -> dict[str, Any]:
   """Memory, step time, total time and cost of training; retrieval's costs; the break-even."""
   lora = inputs.method == "lora"
-  trainable = lora_param_count(cfg, inputs.lora_rank) if lora else param_count(cfg)
+  trainable = trainable_count(cfg, inputs)
   tokens_per_step = inputs.batch * inputs.seq_len
   steps = math.ceil(inputs.train_tokens / tokens_per_step)
   step_flops = train_flops_per_token(cfg, inputs) * tokens_per_step
+  if lora and inputs.lora_variant == "dora":  # ||W + s·ab|| once per step: a·b, add, square
+    step_flops += projection_params(cfg) * (2 * inputs.lora_rank + 3)
   compute_seconds = step_flops / hardware.flops
   optimizer_seconds = OPTIMIZER_PASSES * 4 * trainable / hardware.devices / hardware.memory_bandwidth
   step_seconds = compute_seconds + optimizer_seconds

@@ -76,7 +76,8 @@ def _peak_rss_bytes() -> int:
 
 
 def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_rank: int,
-         remat: str) -> dict:
+         remat: str, lora_variant: str = "lora", base_quant: str = "none",
+         quant_block_size: int = 64, learning_rate: float = 1e-5) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -88,17 +89,19 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
   from ftjax.training.step import make_step_fns
 
   started = time.perf_counter()
-  base = ftjax.load(model, tokenizer=False, remat_policy=remat)
+  base = ftjax.load(model, tokenizer=False, remat_policy=remat,
+                    quant=base_quant if method == "lora" else None,
+                    quant_block_size=quant_block_size)
   cfg, params = base.config, base.params
   if method == "lora":
     cfg = lora_lib.with_lora(cfg, rank=lora_rank, alpha=2.0 * lora_rank, dropout=0.0)
     trainable = lora_lib.init_lora(params, rank=lora_rank, targets=lora_lib.ALL_TARGETS,
-                                   rng=jax.random.PRNGKey(1))
+                                   rng=jax.random.PRNGKey(1), variant=lora_variant)
     frozen = params
   else:
     trainable, frozen = params, None
   del base, params
-  optimizer = optax.adamw(1e-5)
+  optimizer = optax.adamw(learning_rate)
   fns = make_step_fns(cfg, optimizer, accum_steps=1, lora=method == "lora", mesh=None)
   state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
            "opt_state": optimizer.init(trainable), "rng": jax.random.PRNGKey(0)}
@@ -122,6 +125,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
   state, metrics = step_fn(state, frozen, batch_arrays)  # compiles, and warms the allocator
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - started
+  losses = [float(metrics["loss"])]
   times, cpu_times = [], []
   for _ in range(steps):
     rates.append(matmul_rate())
@@ -130,6 +134,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - started)
     cpu_times.append(time.process_time() - cpu_started)
+    losses.append(float(metrics["loss"]))
   rates.append(matmul_rate())
   peak_rss = _peak_rss_bytes()
   loss = float(metrics["loss"])
@@ -137,14 +142,16 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
   calibration = calibrate_cpu()  # after the peak is read: its arrays would add to it
   calibration["matmul_flops_per_core"] = float(np.median(rates))
   return {"model": model, "method": method, "batch": batch, "seq_len": seq_len,
-          "lora_rank": lora_rank, "remat": remat, "steps": steps,
+          "lora_rank": lora_rank, "remat": remat, "steps": steps, "lora_variant": lora_variant,
+          "base_quant": base_quant, "quant_block_size": quant_block_size,
           "cores_used": len(os.sched_getaffinity(0)),
           "peak_rss_bytes": peak_rss, "rss_before_steps_bytes": rss_before_steps,
           "step_cpu_seconds": float(np.median(cpu_times)), "step_cpu_seconds_all": cpu_times,
           "step_seconds": float(np.median(times)), "step_seconds_all": times,
           "matmul_flops_per_core_all": rates,
           "compile_seconds": compile_seconds, "setup_seconds": setup_seconds,
-          "loss": loss, "calibration": calibration}
+          "loss": loss, "losses": losses, "learning_rate": learning_rate,
+          "calibration": calibration}
 
 
 def main(argv=None):
@@ -157,9 +164,14 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=1)
   parser.add_argument("--lora_rank", type=int, default=16)
   parser.add_argument("--remat", choices=("none", "full", "dots"), default="none")
+  parser.add_argument("--lora_variant", choices=("lora", "dora"), default="lora")
+  parser.add_argument("--base_quant", choices=("none", "int8", "nf4"), default="none")
+  parser.add_argument("--quant_block_size", type=int, default=64)
+  parser.add_argument("--learning_rate", type=float, default=1e-5)
   args = parser.parse_args(argv)
-  result = cli.run_main(_run, args.model, args.method, args.batch, args.seq_len, args.steps, args.lora_rank,
-                args.remat)
+  result = cli.run_main(_run, args.model, args.method, args.batch, args.seq_len, args.steps,
+                        args.lora_rank, args.remat, args.lora_variant, args.base_quant,
+                        args.quant_block_size, args.learning_rate)
   print(json.dumps(result))
 
 

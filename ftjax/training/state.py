@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from ftjax.models import lora as lora_lib
+from ftjax.models import quant
 from ftjax.checkpoints import CheckpointError, Pretrained
 from ftjax.checkpoints.loading import RunModel, latest_trained_step
 from ftjax.checkpoints.registry import REGISTRY, RUN_MODEL_FILE
@@ -72,7 +73,9 @@ def lora_spec(config: ml_collections.ConfigDict) -> lora_lib.LoraSpec | None:
     return None
   return lora_lib.LoraSpec(rank=config.lora.rank, alpha=float(config.lora.alpha),
                            dropout=float(config.lora.dropout),
-                           targets=lora_lib.validate_targets(config.lora.targets))
+                           targets=lora_lib.validate_targets(config.lora.targets),
+                           variant=config.lora.variant, base_quant=config.lora.base_quant,
+                           quant_block_size=config.lora.quant_block_size)
 
 
 def _model_name(name: str) -> str:
@@ -98,7 +101,11 @@ def check_same_model(config: ml_collections.ConfigDict, other: RunModel, source:
   elif mine.lora is not None:
     for key, there, here in [("rank", other.lora.rank, mine.lora.rank),
                              ("alpha", other.lora.alpha, mine.lora.alpha),
-                             ("targets", sorted(other.lora.targets), sorted(mine.lora.targets))]:
+                             ("targets", sorted(other.lora.targets), sorted(mine.lora.targets)),
+                             ("variant", other.lora.variant, mine.lora.variant),
+                             ("base_quant", other.lora.base_quant, mine.lora.base_quant),
+                             ("quant_block_size", other.lora.quant_block_size,
+                              mine.lora.quant_block_size)]:
       if there != here:
         differ.append(f"lora.{key}: {there} there, {here} here")
   if differ:
@@ -123,8 +130,10 @@ def optimizer_shardings(optimizer, trainable, trainable_shardings, mesh: Mesh):
 
 def init_train_state(config: ml_collections.ConfigDict, base: Pretrained, mesh: Mesh,
                      rules) -> TrainState:
-  """A fresh state at step 0 on `mesh`: the base params (full fine-tuning) or new adapters."""
+  """A fresh state at step 0 on `mesh`: the base params (full fine-tuning) or new adapters (on
+  a base quantized as `lora.base_quant` says: QLoRA)."""
   spec = lora_spec(config)
+  base = quantized_base(base, spec)
   model_cfg = base.config
   if spec is not None:
     model_cfg = lora_lib.with_lora(model_cfg, rank=spec.rank, alpha=spec.alpha,
@@ -137,7 +146,8 @@ def init_train_state(config: ml_collections.ConfigDict, base: Pretrained, mesh: 
     frozen, frozen_shardings = None, None
   else:
     init_rng, rng = jax.random.split(rng)
-    adapters = lora_lib.init_lora(base.params, rank=spec.rank, targets=spec.targets, rng=init_rng)
+    adapters = lora_lib.init_lora(base.params, rank=spec.rank, targets=spec.targets, rng=init_rng,
+                                  variant=spec.variant)
     trainable_shardings = logical_to_shardings(lora_lib.logical_specs(adapters), adapters, mesh,
                                                rules)
     trainable = put_on_mesh(jax.device_get(adapters), trainable_shardings)
@@ -158,6 +168,29 @@ def init_train_state(config: ml_collections.ConfigDict, base: Pretrained, mesh: 
       frozen_shardings=frozen_shardings, model_config=model_cfg, lora=spec, optimizer=optimizer,
       schedule=schedule, num_trainable=lora_lib.count_params(trainable),
       num_total=lora_lib.count_params(base.params))
+
+
+def quantized_base(base: Pretrained, spec: lora_lib.LoraSpec | None) -> Pretrained:
+  """`base` with its projections quantized as `spec` asks (a no-op if `ftjax.load` did it)."""
+  mode = "none" if spec is None else spec.base_quant
+  have = (base.config.base_quant, base.config.quant_block_size)
+  if mode == "none" or have == (mode, spec.quant_block_size):
+    if base.config.base_quant != "none" and mode == "none":
+      raise ConfigError(f"config key lora.base_quant: the base is loaded {have[0]}-quantized, "
+                        "the config says none")
+    return base
+  if have[0] != "none":
+    raise ConfigError(f"config key lora.base_quant: the base is loaded as {have}, the config "
+                      f"asks for {(mode, spec.quant_block_size)}")
+  try:
+    quant.check_model(base.config, mode, spec.quant_block_size)
+  except ValueError as err:
+    raise ConfigError(f"config key {err}") from None
+  params = quant.quantize_params(jax.device_get(base.params), quant.projections(base.config),
+                                 mode=mode, block_size=spec.quant_block_size)
+  return base._replace(config=base.config.replace(base_quant=mode,
+                                                  quant_block_size=spec.quant_block_size),
+                       params=params)
 
 
 def seed_from_run(train: TrainState, workdir: str | Path, step: int) -> TrainState:
