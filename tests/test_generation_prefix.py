@@ -112,9 +112,13 @@ def test_prefix_is_prefilled_once_and_left_intact(tiny, prefill_calls):
   first = generate(tiny, suffixes, SAMPLING, prefix=prefix)
   second = generate(tiny, suffixes[:1], SAMPLING, prefix=prefix)  # another batch size
   later = [shape for shape, _ in prefill_calls[num_chunks:]]
-  # Each call prefills its prompt block only, never the prefix again.
+  # Each call prefills its prompt block only (its longest prompt rounded up to the length
+  # multiple), never the prefix again.
+  block = lambda ids: -(-max(map(len, ids)) // decoding.LENGTH_MULTIPLE) * \
+      decoding.LENGTH_MULTIPLE  # noqa: E731
   assert len(later) == 2
-  assert later == [(3, 32), (1, 32)] and 32 < prefix.length
+  assert later == [(3, block(suffixes)), (1, block(suffixes[:1]))]
+  assert block(suffixes) < prefix.length
   assert second[0].token_ids == first[0].token_ids
   np.testing.assert_array_equal(np.asarray(prefix.cache["k"]), keys)
 
@@ -255,9 +259,11 @@ def test_batch_cache_holds_no_copy_of_the_prefix(tiny, decode_calls):
   cfg = tiny.config
   generate(tiny, suffixes, SAMPLING, prefix=prefix)
   [(args, kwargs)] = decode_calls
-  # The batch's cache: prompt block (32 slots) + new tokens per row, not prefix + continuation.
+  # The batch's cache: the prompt block (the longest prompt rounded up to the length multiple)
+  # + new tokens per row, not prefix + continuation.
   cache = args[3]
-  assert cache["k"].shape == (cfg.num_layers, len(suffixes), 32 + SAMPLING.max_new_tokens,
+  block = -(-max(map(len, suffixes)) // decoding.LENGTH_MULTIPLE) * decoding.LENGTH_MULTIPLE
+  assert cache["k"].shape == (cfg.num_layers, len(suffixes), block + SAMPLING.max_new_tokens,
                               cfg.num_kv_heads, cfg.head_dim)
   assert cache["k"].shape[2] < prefix.length
   # Nothing inside the decode loop (all layers, every step) holds the prefix's K/V per row: the
