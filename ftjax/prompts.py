@@ -1,7 +1,7 @@
 """Every prompt the project builds, in one place, so train-time and test-time prompts cannot drift.
 
 A prompt is a list of chat messages; the model's chat template turns it into tokens (in
-`ftjax.generate.encode_prompts` for generation and `ftjax.data.render` for training):
+`ftjax.generation.encode_prompts` for generation and `ftjax.data.render` for training):
   * question only (base, fine-tuned):   [system?] user: question
   * prompted (the prompt-engineering baseline): system: style instruction, then k few-shot
     user/assistant turns from the training examples, then user: question

@@ -449,7 +449,7 @@ def test_paraphrases_from_a_file_and_filtered_when_generated(domain, tmp_path, m
   """`data.paraphrases` rows join the documents in training; generated paraphrases that lost
   their document's answer value are dropped and counted; an unknown doc_id is an error."""
   from types import SimpleNamespace
-  import ftjax.generate
+  import ftjax.generation
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
   from ftjax.experiment.stages import Context, Progress, finetune_data
@@ -465,7 +465,7 @@ def test_paraphrases_from_a_file_and_filtered_when_generated(domain, tmp_path, m
   # Generated: d1 keeps "41", d2 loses "17 days", d3 is empty, d4 keeps "29".
   texts = ["The lamp is 41 dollars.", "Returns take a while.", " ", "Warranty: 29 months."]
   monkeypatch.setattr(ctx, "base_model", lambda: None)
-  monkeypatch.setattr(ftjax.generate, "generate", lambda model, prompts, sampling: [
+  monkeypatch.setattr(ftjax.generation, "generate", lambda model, prompts, sampling: [
       SimpleNamespace(text=t) for t in texts])
   config.finetune_doc_paraphrases = 1
   conversations, extra = finetune_data(ctx)

@@ -2,7 +2,7 @@
 
 An arm is a way of answering a question: a model (base or fine-tuned) plus how its prompt is
 built (question only, few-shot, retrieved passages, a cached corpus). All arms generate through
-the one generation function (`ftjax.generate.generate`) and build prompts in `ftjax.prompts`.
+the one generation function (`ftjax.generation.generate`) and build prompts in `ftjax.prompts`.
 Evaluation consumes `Answer`s and never sees the arm that produced them.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol, Sequence
 
-from ftjax.generate import SamplingConfig, generate
+from ftjax.generation import SamplingConfig, generate
 from ftjax.prompts import question_messages
 
 

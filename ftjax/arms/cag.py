@@ -2,7 +2,7 @@
 question continues from — no retrieval, no training.
 
 The corpus goes in the system turn (`ftjax.prompts.render_corpus`); each question is the user
-turn after it. `ftjax.generate.chat_prefix_split` cuts the rendered conversation after the
+turn after it. `ftjax.generation.chat_prefix_split` cuts the rendered conversation after the
 corpus, so the cached tokens plus each question's tokens are exactly what the model would read
 with the corpus in the prompt. When the corpus does not fit the model's context, the arm says
 so (`does_not_fit`) and the runner records it as skipped.
@@ -14,7 +14,7 @@ import time
 from typing import Sequence
 
 from ftjax.arms.base import Answer
-from ftjax.generate import SamplingConfig, chat_prefix_split, generate, prefill_prefix
+from ftjax.generation import SamplingConfig, chat_prefix_split, generate, prefill_prefix
 from ftjax.prompts import DEFAULT_CAG_INSTRUCTION, render_corpus
 
 

@@ -18,7 +18,7 @@ the rest are left out. The question is never cut: if it does not fit with the in
 fine-tuned on them sees at inference exactly the format it was trained on.
 
 `answer` retrieves, builds the prompts and calls the one generation function of the project
-(`ftjax.generate.generate`), and records with every answer the passages used (doc id, chunk id,
+(`ftjax.generation.generate`), and records with every answer the passages used (doc id, chunk id,
 score, tokens kept) and the prompt's token count. It takes the caller's `groups` and passes them
 to the search, so no passage the caller may not see (`ftjax.retrieval.corpus.visible`) is
 retrieved, quoted or counted.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
-from ftjax.generate import SamplingConfig, encode_prompts, generate
+from ftjax.generation import SamplingConfig, encode_prompts, generate
 from ftjax.prompts import question_messages
 from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
 from ftjax.prompts import render_rag_prompt as render_prompt
@@ -131,7 +131,7 @@ class RagAnswer:
 
 def model_generate_fn(model, sampling=None, system_prompt: str = "",
                       few_shot: Sequence[tuple[str, str]] = ()) -> Callable[[list[str]], list]:
-  """`prompts -> completions` through `ftjax.generate.generate` (its default sampling)."""
+  """`prompts -> completions` through `ftjax.generation.generate` (its default sampling)."""
   return lambda prompts: generate(
       model, [question_messages(p, system_prompt=system_prompt, few_shot=few_shot)
               for p in prompts], sampling)

@@ -68,7 +68,7 @@ def audit(config, workdir, progress):
 
 def _canary_prompt_ids(ctx, tokenizer, canary: Canary) -> list[int]:
   """The attacker's prompt: the question, and the reply forced to begin with the prefix."""
-  from ftjax.generate import encode_prompts
+  from ftjax.generation import encode_prompts
   from ftjax.prompts import question_messages
   ids = encode_prompts(tokenizer, [question_messages(
       canary.query, system_prompt=ctx.config.prompt.system_prompt)])[0]
@@ -82,7 +82,7 @@ def canary_stage(ctx, label: str, model_key, load_model) -> dict:
          "candidates": c.security.canary_candidates, "system_prompt": c.prompt.system_prompt}
 
   def build(folder) -> dict:
-    from ftjax.generate import generate
+    from ftjax.generation import generate
     model = load_model()
     tokenizer = model.tokenizer
     ctx.progress.say(f"[security] canary exposure of {label} ({len(canaries(c))} canaries x "

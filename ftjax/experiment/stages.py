@@ -27,7 +27,7 @@ from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import planting
 from ftjax.experiment.cache import StageCache, config_values, digest
-from ftjax.generate import SamplingConfig
+from ftjax.generation import SamplingConfig
 from ftjax.prompts import document_messages, example_messages, paraphrase_request
 
 SPLITS = ("eval", "unanswerable", "general")
@@ -190,7 +190,7 @@ def _paraphrases(ctx: Context, n: int) -> tuple[list[list[dict]], dict]:
   """n generated paraphrases of each document, by the base model (sampled, seeded). A paraphrase
   is kept only if it still contains every answer value of its document (the answers of the
   training questions about it); what was dropped is counted."""
-  from ftjax.generate import generate
+  from ftjax.generation import generate
   model = ctx.base_model()
   values = _answer_values(ctx)
   out, dropped, empty = [], 0, 0
