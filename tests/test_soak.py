@@ -1,4 +1,4 @@
-"""A LoRA run killed (SIGKILL) at 10 random moments, some of them while a checkpoint is being
+"""A LoRA run killed (SIGKILL) at 5 random moments, some of them while a checkpoint is being
 written, and restarted each time, ends where an uninterrupted run ends: the same losses at every
 step and the same adapters."""
 
@@ -20,7 +20,7 @@ import ftjax.train
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
 NUM_STEPS = 30
-NUM_KILLS = 10
+NUM_KILLS = 5
 
 
 def _cli(workdir, folder):
@@ -59,7 +59,7 @@ def _saving(workdir) -> bool:
 
 
 @pytest.mark.slow
-def test_lora_run_killed_10_times_ends_like_an_uninterrupted_run(tiny_llama_folder, tmp_path):
+def test_lora_run_killed_5_times_ends_like_an_uninterrupted_run(tiny_llama_folder, tmp_path):
   reference = tmp_path / "reference"
   # The uninterrupted reference runs in-process (the same CLI, without a process's start-up).
   assert ftjax.train.main(["ftjax.train", *_cli(reference, tiny_llama_folder)[3:]]) is None
@@ -92,7 +92,7 @@ def test_lora_run_killed_10_times_ends_like_an_uninterrupted_run(tiny_llama_fold
     finished = subprocess.run(_cli(interrupted, tiny_llama_folder), capture_output=True,
                               text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-  assert kills >= NUM_KILLS // 2 and during_save >= 1, (kills, during_save)
+  assert kills >= 3 and during_save >= 1, (kills, during_save)
 
   after = _losses(interrupted)
   assert sorted(after) == list(range(1, NUM_STEPS + 1))
