@@ -19,9 +19,14 @@ $(VENV)/.ftjax-installed: pyproject.toml
 demo: setup
 	$(PY) -m ftjax.demo
 
+# Two pytest workers (pytest-xdist), one test file each at a time: on a 2-core CPU much of a test's
+# time is single-threaded (compilation, Python, process start-up), so two files at once take
+# 12 minutes where one at a time took 16. More workers load more models at once: set
+# TEST_WORKERS on a larger machine.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Skips the slow model-scale tests (CI still runs them through `make test`).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
