@@ -43,8 +43,8 @@ def prefill_calls(monkeypatch):
   calls = []
   real = decoding.prefill
 
-  def recording(cfg, params, lora, cache, tokens, *rest):
-    logits, cache = real(cfg, params, lora, cache, tokens, *rest)
+  def recording(cfg, params, lora, cache, tokens, *rest, **kwargs):
+    logits, cache = real(cfg, params, lora, cache, tokens, *rest, **kwargs)
     calls.append((tokens.shape, np.asarray(logits)))
     return logits, cache
 

@@ -145,20 +145,21 @@ def _shared_prefix(prefix_cache):
   return jax.tree.map(lambda x: x.reshape(x.shape[:1] + x.shape[2:]), prefix_cache)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_empty"), donate_argnames=("cache",))
 def prefill(cfg: ModelConfig, params, lora, cache, tokens, positions, kv_valid, cache_index,
-            prefix_cache=None, prefix_valid=None):
+            prefix_cache=None, prefix_valid=None, cache_empty: bool = False):
   """Writes `tokens` [batch, seq] into `cache` from slot `cache_index` in one forward pass.
 
   positions [batch, seq]; kv_valid [batch, slots]: the slots that hold real tokens after this
   write. `prefix_cache` (a PrefixCache's `cache`, batch 1) and `prefix_valid` [prefix_slots]: a
-  prefix that every row reads before its own cache, shared, not copied. Returns (next-token
+  prefix that every row reads before its own cache, shared, not copied. `cache_empty` (static):
+  nothing has been written to `cache` yet, so its slots are not read. Returns (next-token
   logits [batch, vocab] fp32, the updated cache).
   """
   logits, cache = Transformer(cfg).apply(_variables(params, lora), tokens, positions, cache=cache,
                                          cache_index=cache_index, kv_valid=kv_valid,
                                          last_only=True, prefix=_shared_prefix(prefix_cache),
-                                         prefix_valid=prefix_valid)
+                                         prefix_valid=prefix_valid, cache_empty=cache_empty)
   return logits[:, -1], cache
 
 
@@ -229,7 +230,7 @@ def prefill_prefix_ids(cfg: ModelConfig, params, prefix_ids: Sequence[int], lora
   for start in range(0, slots, chunk_size):
     end = min(start + chunk_size, slots)
     _, cache = prefill(cfg, params, lora, cache, tokens[:, start:end], positions[:, start:end],
-                       kv_valid, jnp.int32(start))
+                       kv_valid, jnp.int32(start), cache_empty=start == 0)
   return PrefixCache(ids, cache, cfg, lora)
 
 
@@ -287,7 +288,7 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
   if timing is not None:
     compiled_before, started = _compilations(), time.perf_counter()
   logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
-                          prefix_cache, prefix_valid)
+                          prefix_cache, prefix_valid, cache_empty=True)
   if timing is not None:
     logits.block_until_ready()
     first_token = time.perf_counter()

@@ -240,15 +240,6 @@ class Attention(nn.Module):
                    ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
     v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
 
-    new_cache = None
-    if layer_cache is not None:
-      zero = jnp.zeros((), jnp.int32)
-      idx = (zero, cache_index, zero, zero)
-      k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
-      v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
-      new_cache = {"k": k, "v": v}
-      k, v = k.astype(dt), v.astype(dt)
-
     b, t = q.shape[:2]
     group = h // kv
     scale = cfg.query_scale if cfg.query_scale is not None else d ** -0.5
@@ -261,36 +252,44 @@ class Attention(nn.Module):
                              "head_dim"))
       return proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
           out, deterministic), None
-    q = q.reshape(b, t, kv, group, d)
-    if prefix_kv is not None:
-      out = _attend_with_prefix(cfg, q * jnp.asarray(scale, dt), k, v, mask,
-                                prefix_kv["k"].astype(dt), prefix_kv["v"].astype(dt), prefix_mask)
-      out = out.reshape(b, t, h, d)
-    else:
-      out = attention_lib.attention_with_mask(q.reshape(b, t, h, d), k, v, mask, scale=scale,
-                                              softcap=cfg.attn_logit_softcap)
+    # Decoding: this call's keys/values are returned as they will be stored (the cache's dtype)
+    # and attended to beside the cache's other slots, which are only read.
+    new_kv = {"k": k.astype(layer_cache["k"].dtype), "v": v.astype(layer_cache["v"].dtype)}
+    old_mask, own_mask = mask
+    segments = [(new_kv["k"].astype(dt), new_kv["v"].astype(dt), own_mask)]
+    if old_mask is not None:  # None: the cache is empty (a first prefill)
+      segments.insert(0, (layer_cache["k"].astype(dt), layer_cache["v"].astype(dt), old_mask))
+    if prefix_kv is not None:  # [prefix_slots, kv_heads, head_dim]: no batch axis, shared
+      segments.insert(0, (prefix_kv["k"].astype(dt), prefix_kv["v"].astype(dt), prefix_mask))
+    out = _attend_segments(cfg, q.reshape(b, t, kv, group, d) * jnp.asarray(scale, dt), segments)
+    out = out.reshape(b, t, h, d)
     out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     out = proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
         out, deterministic)
-    return out, new_cache
+    return out, new_kv
 
 
-def _attend_with_prefix(cfg: ModelConfig, q, k, v, mask, prefix_k, prefix_v, prefix_mask):
-  """One softmax over [shared prefix keys | per-row keys]: q [b, t, kv, g, d] (scaled); k, v
-  [b, s, kv, d]; prefix_k, prefix_v [p, kv, d], read once for the whole batch (the einsums
-  broadcast them, nothing is materialised per row). Returns [b, t, kv, g, d]."""
+def _attend_segments(cfg: ModelConfig, q, segments):
+  """One softmax over several key segments: q [b, t, kv, g, d] (scaled); each segment (k, v,
+  mask) with k, v [b, s, kv, d] (a row's own) or [s, kv, d] (shared by every row, read once for
+  the whole batch: the einsums broadcast it, nothing is materialised per row) and mask
+  [b, t, s]. Scores accumulate in fp32. Returns [b, t, kv, g, d]."""
   dt = q.dtype
-  scores_p = jnp.einsum("btkgd,pkd->bkgtp", q, prefix_k, preferred_element_type=jnp.float32)
-  scores_r = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  if cfg.attn_logit_softcap:
-    scores_p = jnp.tanh(scores_p / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-    scores_r = jnp.tanh(scores_r / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-  scores_p = jnp.where(prefix_mask[:, None, None, :, :], scores_p, _NEG_INF)
-  scores_r = jnp.where(mask[:, None, None, :, :], scores_r, _NEG_INF)
-  num_prefix = prefix_k.shape[0]
-  probs = jax.nn.softmax(jnp.concatenate([scores_p, scores_r], axis=-1), axis=-1).astype(dt)
-  out = jnp.einsum("bkgtp,pkd->btkgd", probs[..., :num_prefix], prefix_v)
-  return out + jnp.einsum("bkgts,bskd->btkgd", probs[..., num_prefix:], v)
+  scores, sizes = [], []
+  for k, _, mask in segments:
+    spec = "btkgd,skd->bkgts" if k.ndim == 3 else "btkgd,bskd->bkgts"
+    score = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
+    if cfg.attn_logit_softcap:
+      score = jnp.tanh(score / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+    scores.append(jnp.where(mask[:, None, None, :, :], score, _NEG_INF))
+    sizes.append(k.shape[-3])
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
+  out, start = None, 0
+  for (_, v, _), size in zip(segments, sizes):
+    spec = "bkgts,skd->btkgd" if v.ndim == 3 else "bkgts,bskd->btkgd"
+    part = jnp.einsum(spec, probs[..., start:start + size], v)
+    out, start = part if out is None else out + part, start + size
+  return out
 
 
 class MLP(nn.Module):
@@ -324,9 +323,9 @@ class DecoderLayer(nn.Module):
     norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
     is_sliding, layer_cache, layer_prefix = layer_inputs
     full_mask, sliding_mask, prefix_masks, segment_ids = masks
-    mask = full_mask
+    mask = full_mask  # decoding: (old cache, own tokens) masks
     if sliding_mask is not None:
-      mask = jnp.where(is_sliding, sliding_mask, full_mask)
+      mask = jax.tree.map(lambda s, f: jnp.where(is_sliding, s, f), sliding_mask, full_mask)
     prefix_mask = None
     if prefix_masks is not None:
       prefix_full, prefix_sliding = prefix_masks
@@ -399,7 +398,8 @@ class Transformer(nn.Module):
                cache: dict | None = None, cache_index: Array | None = None,
                kv_valid: Array | None = None, deterministic: bool = True,
                last_only: bool = False, prefix: dict | None = None,
-               prefix_valid: Array | None = None, return_hidden: bool = False):
+               prefix_valid: Array | None = None, return_hidden: bool = False,
+               cache_empty: bool = False):
     """Runs the decoder.
 
     Training / scoring (cache is None): `segment_ids` [batch, seq] (0 = padding) keep packed
@@ -411,6 +411,8 @@ class Transformer(nn.Module):
     row also reads those keys, shared by the whole batch: prefix slot i holds position i and
     `prefix_valid` [prefix_slots] says which slots hold real tokens. The cache then holds only
     what follows the prefix; `positions` count on from the prefix's length.
+    `cache_empty` (static): the cache holds nothing yet (a first prefill), so only this call's
+    tokens are attended to, not the cache's empty slots.
     `return_hidden` returns the final-normed hidden states [batch, seq, hidden] instead of logits
     (the loss then applies `lm_head_weights` in chunks, never holding every position's logits).
     """
@@ -435,10 +437,19 @@ class Transformer(nn.Module):
       masks = (None, None)
       cache_index = jnp.zeros((), jnp.int32)
     else:
+      # Two key segments: the cache as it was (its slots outside this write) and the tokens of
+      # this call; the layers read the old cache and return only the new keys/values, written
+      # into the cache once after the last layer (in place: no per-step copy of the cache).
       max_len = cache["k"].shape[2]
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
-      masks = attention_masks(cfg, q_slots, k_slots, kv_valid)
+      outside = (k_slots < cache_index) | (k_slots >= cache_index + seq)
+      old = attention_masks(cfg, q_slots, k_slots, kv_valid & outside)
+      own_valid = jax.lax.dynamic_slice_in_dim(kv_valid, cache_index, seq, axis=1)
+      own = attention_masks(cfg, q_slots, q_slots, own_valid)
+      if cache_empty:
+        old = (None, None)
+      masks = ((old[0], own[0]), None if own[1] is None else (old[1], own[1]))
       segment_ids = None
     prefix_masks = None
     if prefix is not None:
@@ -462,8 +473,13 @@ class Transformer(nn.Module):
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     is_sliding = jnp.asarray(cfg.layer_is_sliding)
-    x, new_cache = layers(x, (is_sliding, cache, prefix), rope, masks, cache_index,
-                          deterministic)
+    x, new_kv = layers(x, (is_sliding, cache, prefix), rope, masks, cache_index, deterministic)
+    new_cache = None
+    if cache is not None:  # new_kv: {"k", "v": [layers, batch, seq, kv_heads, head_dim]}
+      zero = jnp.zeros((), jnp.int32)
+      new_cache = {name: jax.lax.dynamic_update_slice(cache[name], new_kv[name],
+                                                      (zero, zero, cache_index, zero, zero))
+                   for name in ("k", "v")}
 
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
     if last_only:
