@@ -287,9 +287,9 @@ def _attend_segments(cfg: ModelConfig, q, segments):
   out, start = None, 0
   for (_, v, _), size in zip(segments, sizes):
     spec = "bkgts,skd->btkgd" if v.ndim == 3 else "bkgts,bskd->btkgd"
-    part = jnp.einsum(spec, probs[..., start:start + size], v)
+    part = jnp.einsum(spec, probs[..., start:start + size], v, preferred_element_type=jnp.float32)
     out, start = part if out is None else out + part, start + size
-  return out
+  return out.astype(dt)
 
 
 class MLP(nn.Module):
