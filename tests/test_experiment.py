@@ -535,3 +535,8 @@ def test_every_arm_declares_config_keys_that_exist():
   assert "retrieval.k" not in registry.reads(registry.get("raft_oracle"))
   assert "style.instruction" in registry.reads(registry.get("prompted_rag"))
   assert "cag" in registry.reads(registry.get("cag"))
+  # The training stages' keys are declared the same way.
+  from ftjax.experiment.stages import TRAIN_READS
+  for kind, keys in TRAIN_READS.items():
+    assert set(config_values(config, keys)) == set(keys), kind
+  assert "raft" in TRAIN_READS["raft"] and "raft" not in TRAIN_READS["finetuned"]

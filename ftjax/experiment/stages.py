@@ -307,27 +307,37 @@ def evidence_sentence(text: str, answer: str) -> str | None:
   return None
 
 
+# The experiment config keys (dotted) a training stage reads, by the kind of weights it trains:
+# its cache key is derived from these declarations, as an arm's answers' key is from
+# `ftjax.arms.registry.reads`, so a setting training reads cannot be left out by hand. RAFT reads
+# the whole retrieval group (its distractors are the retriever's hits, its examples' passages are
+# cut to `retrieval.max_prompt_tokens`).
+TRAIN_READS_ALWAYS = ("finetune", "prompt.system_prompt", "data.use_decline")
+TRAIN_READS = {
+    "finetuned": TRAIN_READS_ALWAYS + ("finetune_source", "finetune_doc_paraphrases"),
+    "raft": TRAIN_READS_ALWAYS + ("raft", "retrieval", "prompt.rag_instruction"),
+}
+
+
 def train_key(ctx: Context, kind: str, seed: int) -> dict:
+  """What a training stage depends on: the model (weights hashed), the config keys its kind
+  declares (`TRAIN_READS`), the seed, and the data files it trains on or selects with."""
   c = ctx.config
-  key = {"kind": kind, **ctx.model_key, "finetune": c.finetune.to_dict(), "seed": seed,
-         "train": ctx.data.hashes["train"], "system_prompt": c.prompt.system_prompt,
-         "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None,
-         # the held-out dev phrasings are not trained on, and steer selection
-         "dev": digest([q.input for q in ctx.data.questions.get("dev", [])]),
-         **planting.train_key(c)}
+  inputs = {"train": ctx.data.hashes["train"],
+            "decline": ctx.data.hashes["decline_train"] if c.data.use_decline else None,
+            # the held-out dev phrasings are not trained on, and steer selection
+            "dev": digest([q.input for q in ctx.data.questions.get("dev", [])])}
   if kind == "finetuned":
-    key.update(source=c.finetune_source, paraphrases=c.finetune_doc_paraphrases,
-               docs=ctx.data.hashes["docs"] if c.finetune_source != "examples" else None)
-    if c.finetune_source != "examples" and ctx.data.paraphrases:
-      key.update(paraphrase_file=ctx.data.hashes["paraphrases"])
+    if c.finetune_source != "examples":
+      inputs["docs"] = ctx.data.hashes["docs"]
+      if ctx.data.paraphrases:
+        inputs["paraphrase_file"] = ctx.data.hashes["paraphrases"]
   else:
-    key.update(raft=c.raft.to_dict(), docs=ctx.data.hashes["docs"],
-               rag_instruction=c.prompt.rag_instruction, train_doc_ids=digest(
-                   ctx.data.train_doc_ids))
+    inputs.update(docs=ctx.data.hashes["docs"], train_doc_ids=digest(ctx.data.train_doc_ids))
     if c.raft.distractors == "retrieved":  # the retriever's hits are the distractors
-      key.update(index=index_stage(ctx)[0].name, method=c.retrieval.method,
-                 groups=sorted(c.retrieval.groups))
-  return key
+      inputs["index"] = index_stage(ctx)[0].name
+  return {"kind": kind, **ctx.model_key, "seed": seed, "inputs": inputs,
+          "config": config_values(c, TRAIN_READS[kind]), **planting.train_key(c)}
 
 
 class LearningMonitor:
