@@ -310,12 +310,12 @@ def evidence_sentence(text: str, answer: str) -> str | None:
 # The experiment config keys (dotted) a training stage reads, by the kind of weights it trains:
 # its cache key is derived from these declarations, as an arm's answers' key is from
 # `ftjax.arms.registry.reads`, so a setting training reads cannot be left out by hand. RAFT reads
-# the whole retrieval group (its distractors are the retriever's hits, its examples' passages are
-# cut to `retrieval.max_prompt_tokens`).
+# the retriever's method and groups (its distractors are the retriever's hits).
 TRAIN_READS_ALWAYS = ("finetune", "prompt.system_prompt", "data.use_decline")
 TRAIN_READS = {
     "finetuned": TRAIN_READS_ALWAYS + ("finetune_source", "finetune_doc_paraphrases"),
-    "raft": TRAIN_READS_ALWAYS + ("raft", "retrieval", "prompt.rag_instruction"),
+    "raft": TRAIN_READS_ALWAYS + ("raft", "retrieval.method", "retrieval.groups",
+                                  "prompt.rag_instruction"),
 }
 
 
