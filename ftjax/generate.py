@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--top_p", type=float, default=defaults.top_p,
                       help="when sampling; default: %(default)s (off)")
   parser.add_argument("--seed", type=int, default=defaults.seed)
+  parser.add_argument("--batch_size", type=int, default=defaults.batch_size,
+                      help="prompts per batch, sorted by length; default: %(default)s (all)")
   parser.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
   parser.add_argument("--system", default=None, help="system prompt")
   parser.add_argument("--no_chat", action="store_true", help="continue raw text, no template")
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
   return SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        seed=args.seed, stop_strings=tuple(args.stop))
+                        seed=args.seed, stop_strings=tuple(args.stop),
+                        batch_size=args.batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,6 +55,43 @@ def test_tiny_batched_greedy_matches_transformers(tiny):
     assert len(got) == 20 or got[-1] == 100
 
 
+def test_batches_sorted_by_prompt_length_answer_in_input_order(tiny):
+  hf_model, model = tiny
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(1, 100, n).tolist() for n in (3, 40, 9, 5, 14)]
+  seen = []
+  with ftjax.generation.on_batch(seen.append):
+    ours = generate_ids(model.config, model.params, prompts,
+                        SamplingConfig(max_new_tokens=20, batch_size=2), eos_ids=[100], pad_id=0)
+  # 5 prompts at batch_size 2: 3 equal batches of 2 rows (the last padded), shortest first
+  assert [(b.done, b.total, b.rows) for b in seen] == [(2, 5, 2), (4, 5, 2), (5, 5, 2)]
+  assert seen[-1].new_tokens == sum(len(o) for o in ours)
+  ref = _hf_greedy(hf_model, prompts, pad_id=0, max_new_tokens=20)
+  for got, want in zip(ours, ref):  # each answer back at its prompt's place
+    assert got == want[:len(got)]
+    assert len(got) == 20 or got[-1] == 100
+
+
+def test_batching_groups_prompts_of_similar_length(monkeypatch):
+  from ftjax.generation import decoding
+  batches = []
+
+  def fake(cfg, params, batch, *args):
+    batches.append([len(p) for p in batch])
+    return [[len(p)] for p in batch]
+  monkeypatch.setattr(decoding, "_generate_batch", fake)
+
+  class Cfg:
+    max_position_embeddings = 1024
+  lengths = [7, 1, 30, 2, 9, 3, 8]
+  out = decoding.generate_ids(Cfg, None, [[1] * n for n in lengths],
+                              SamplingConfig(max_new_tokens=4, batch_size=3), eos_ids=[])
+  assert out == [[n] for n in lengths]
+  assert batches == [[1, 2, 3], [7, 8, 9], [30, 30, 30]]  # 7 at 3: three batches of 3
+  with pytest.raises(ValueError, match="batch_size"):
+    SamplingConfig(batch_size=-1)
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny):
   _, model = tiny
   prompts = [[5, 6, 7], [8, 9]]

@@ -2,11 +2,13 @@
 
   python experiments/bench/bf16_bench.py --out experiments/bench/results/bf16_cpu.json
 
-SmolLM2-135M-Instruct (model_bench's model, shape and inputs), batch 4 x 256, full fine-tuning
+SmolLM2-135M-Instruct (model_bench's model, shape and inputs), batch 4 x 256 (--batch, --seq_len), full fine-tuning
 and LoRA (rank 16, all seven projections), AdamW. ftjax "bf16" is `dtype=bfloat16` with fp32
 params; it runs twice: with `ftjax.models.matmul`'s bf16 products (bf16 inputs, fp32 accumulation
 in the forward and both backward products) and with the plain `dot_general` JAX differentiates
-itself (the path before issue 22). PyTorch "bf16" is the forward under
+itself (the path before issue 22); "reference attention" is the bf16 model with attention's
+reference einsum (`attention_impl="xla"`) instead of the `cpu_bf16` kernel that "auto" picks on
+the CPU (before that kernel, every bf16 case ran the reference). PyTorch "bf16" is the forward under
 torch.autocast("cpu", dtype=torch.bfloat16), fp32 params and fp32 loss.
 
 The cases are timed round-robin (one step of each per round, --repeats rounds, after a warm-up
@@ -60,6 +62,9 @@ def main():
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="")
+  parser.add_argument("--only", default="",
+                      help="run only the cases whose name contains one of these comma-separated "
+                           "strings (e.g. 'bf16' or 'LoRA'); the ratios of missing cases are left out")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   load_start = os.getloadavg()
@@ -76,22 +81,37 @@ def main():
     hf = AutoModelForCausalLM.from_pretrained(str(resolve(args.model)), dtype=torch.float32)
     return hf.train()
 
-  hf_full, hf_lora = hf_model(), peft_model(hf_model())
-  # name -> (step, compile-and-first-step seconds or None)
-  cases = {
-      "ftjax full fp32": ftjax_case(ftjax_full_step, cfg, params, jt, args.seq_len),
-      "ftjax full bf16, JAX's dot transpose": ftjax_case(ftjax_full_step, bf16, params, jt,
-                                                         args.seq_len, bf16_products=False),
-      "ftjax full bf16": ftjax_case(ftjax_full_step, bf16, params, jt, args.seq_len),
-      "transformers fp32": (torch_step_fn(hf_full, tt, 1e-5), None),
-      "transformers autocast bf16": (torch_step_fn(hf_full, tt, 1e-5, autocast=True), None),
-      "ftjax LoRA fp32": ftjax_case(ftjax_lora_step, cfg, params, jt, args.seq_len),
-      "ftjax LoRA bf16, JAX's dot transpose": ftjax_case(ftjax_lora_step, bf16, params, jt,
-                                                         args.seq_len, bf16_products=False),
-      "ftjax LoRA bf16": ftjax_case(ftjax_lora_step, bf16, params, jt, args.seq_len),
-      "peft fp32": (torch_step_fn(hf_lora, tt, 1e-4), None),
-      "peft autocast bf16": (torch_step_fn(hf_lora, tt, 1e-4, autocast=True), None),
+  hf = {}
+
+  def torch_case(kind, lr, autocast=False):
+    if kind not in hf:
+      hf[kind] = hf_model() if kind == "full" else peft_model(hf_model())
+    return torch_step_fn(hf[kind], tt, lr, autocast=autocast), None
+
+  # The bf16 attention before `cpu_bf16` (issue 22): the reference einsum, JAX's own gradient.
+  ref_attention = bf16.replace(attention_impl="xla")
+  # name -> a builder of (step, compile-and-first-step seconds or None)
+  builders = {
+      "ftjax full fp32": lambda: ftjax_case(ftjax_full_step, cfg, params, jt, args.seq_len),
+      "ftjax full bf16, JAX's dot transpose": lambda: ftjax_case(
+          ftjax_full_step, ref_attention, params, jt, args.seq_len, bf16_products=False),
+      "ftjax full bf16, reference attention": lambda: ftjax_case(
+          ftjax_full_step, ref_attention, params, jt, args.seq_len),
+      "ftjax full bf16": lambda: ftjax_case(ftjax_full_step, bf16, params, jt, args.seq_len),
+      "transformers fp32": lambda: torch_case("full", 1e-5),
+      "transformers autocast bf16": lambda: torch_case("full", 1e-5, autocast=True),
+      "ftjax LoRA fp32": lambda: ftjax_case(ftjax_lora_step, cfg, params, jt, args.seq_len),
+      "ftjax LoRA bf16, JAX's dot transpose": lambda: ftjax_case(
+          ftjax_lora_step, ref_attention, params, jt, args.seq_len, bf16_products=False),
+      "ftjax LoRA bf16, reference attention": lambda: ftjax_case(
+          ftjax_lora_step, ref_attention, params, jt, args.seq_len),
+      "ftjax LoRA bf16": lambda: ftjax_case(ftjax_lora_step, bf16, params, jt, args.seq_len),
+      "peft fp32": lambda: torch_case("lora", 1e-4),
+      "peft autocast bf16": lambda: torch_case("lora", 1e-4, autocast=True),
   }
+  wanted = [w for w in args.only.split(",") if w]
+  cases = {name: build() for name, build in builders.items()
+           if not wanted or any(w in name for w in wanted)}
   for name, (step, _) in cases.items():
     if name.startswith(("transformers", "peft")):
       step()  # warm-up
@@ -122,6 +142,8 @@ def main():
       ("ftjax full bf16 / ftjax full fp32", "ftjax full bf16", "ftjax full fp32"),
       ("ftjax full bf16: bf16 products / JAX's dot transpose", "ftjax full bf16",
        "ftjax full bf16, JAX's dot transpose"),
+      ("ftjax full bf16: cpu_bf16 attention / reference attention", "ftjax full bf16",
+       "ftjax full bf16, reference attention"),
       ("transformers autocast bf16 / transformers fp32", "transformers autocast bf16",
        "transformers fp32"),
       ("ftjax LoRA bf16 / peft autocast bf16", "ftjax LoRA bf16", "peft autocast bf16"),
@@ -130,8 +152,12 @@ def main():
       ("ftjax LoRA bf16 / ftjax LoRA fp32", "ftjax LoRA bf16", "ftjax LoRA fp32"),
       ("ftjax LoRA bf16: bf16 products / JAX's dot transpose", "ftjax LoRA bf16",
        "ftjax LoRA bf16, JAX's dot transpose"),
+      ("ftjax LoRA bf16: cpu_bf16 attention / reference attention", "ftjax LoRA bf16",
+       "ftjax LoRA bf16, reference attention"),
+      ("ftjax LoRA bf16 / ftjax full bf16", "ftjax LoRA bf16", "ftjax full bf16"),
       ("peft autocast bf16 / peft fp32", "peft autocast bf16", "peft fp32"),
   ]
+  ratios = [r for r in ratios if r[1] in rate and r[2] in rate]
   print("\n| ratio (tok/s over tok/s) | |\n|---|---|")
   for label, ours, theirs in ratios:
     print(f"| {label} | {rate[ours] / rate[theirs]:.2f}x |")

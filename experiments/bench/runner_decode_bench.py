@@ -2,9 +2,10 @@
 
 In one run, on the default experiment's questions (configs/experiments/support.py):
   runner:    `stages.answer_questions` with each arm's answerer (prompt rendering, retrieval,
-             tokenization, batching, EOS stopping), after one warm-up pass that compiles;
-  same work: `generate_ids` on exactly the token ids the runner's prompts encode to, in the same
-             batches, with the same EOS ids: the model's speed on the runner's work;
+             tokenization, batching by prompt length, EOS stopping), after one warm-up pass
+             that compiles;
+  same work: `generate_ids` on exactly the token ids the runner's prompts encode to (batched
+             the same way), with the same EOS ids: the model's speed on the runner's work;
   fixed:     `generate_ids` at the same batch size, every row the median prompt length, no EOS,
              `max_new_tokens` each (model_bench.py's decode case at the runner's shape).
 Generation tokens/s of each and the ratios runner / same work and runner / fixed (goal: within
@@ -14,6 +15,7 @@ Generation tokens/s of each and the ratios runner / same work and runner / fixed
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -61,28 +63,25 @@ def main():
     if arm in stages.config_lib.RETRIEVAL_ARMS:
       index = stages.open_index(ctx, stages.index_stage(ctx)[0] / "index")
     answerer = stages.make_answerer(ctx, arm, model, index)
-    stages.answer_questions(ctx, answerer, stream, "warm-up", batch)
-    answers, seconds, _ = stages.answer_questions(ctx, answerer, stream, "timed", batch)
+    stages.answer_questions(ctx, answerer, stream, "warm-up")
+    answers, seconds, _ = stages.answer_questions(ctx, answerer, stream, "timed")
     runner_tokens = sum(a.new_tokens for a in answers)
     ids = [tokenizer.encode(a.prompt, add_special_tokens=False) for a in answers]
-    size = -(-len(ids) // -(-len(ids) // batch))  # answer_questions' balanced batches
-    batches = [ids[i:i + size] for i in range(0, len(ids), size)]
-    batches = [b + [b[0]] * (size - len(b)) if len(ids) > size else b for b in batches]
+    size = -(-len(ids) // -(-len(ids) // batch))  # generate_ids' equal batches
 
-    def same_work():
-      started, tokens = time.perf_counter(), 0
-      for b in batches:
-        out = generate_ids(model.config, model.params, b, sampling, eos, pad)
-        tokens += sum(len(o) for o in out)
-      return tokens, time.perf_counter() - started
+    def same_work():  # the same ids through generate_ids (sorted into the same batches)
+      started = time.perf_counter()
+      out = generate_ids(model.config, model.params, ids, sampling, eos, pad)
+      return sum(len(o) for o in out), time.perf_counter() - started
     same_work()  # compiles
     same_tokens, same_seconds = same_work()
     median = int(statistics.median(len(i) for i in ids))
     fixed_prompts = [[ids[0][0]] * median] * size
+    fixed_sampling = dataclasses.replace(sampling, batch_size=0)
 
     def fixed():
       started = time.perf_counter()
-      out = generate_ids(model.config, model.params, fixed_prompts, sampling, [], pad)
+      out = generate_ids(model.config, model.params, fixed_prompts, fixed_sampling, [], pad)
       return sum(len(o) for o in out), time.perf_counter() - started
     fixed()
     fixed_runs = [fixed() for _ in range(3)]

@@ -86,7 +86,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.sampling.temperature = 1.0
   c.sampling.top_k = 0
   c.sampling.top_p = 1.0
-  c.sampling.batch_size = 32  # questions per generate call
+  c.sampling.batch_size = 32  # questions per forward pass, sorted by prompt length
   c.sampling.latency_questions = 30  # eval questions answered one at a time: latency, TTFT, decode
 
   c.retrieval = ml_collections.ConfigDict()

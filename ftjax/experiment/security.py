@@ -142,8 +142,7 @@ def _answer_stage(ctx, name: str, key: dict, make, questions: Sequence[data_lib.
 
   def build(folder) -> dict:
     answerer = make()
-    answers, _, _ = stages.answer_questions(ctx, answerer, list(questions), name,
-                                            ctx.config.sampling.batch_size)
+    answers, _, _ = stages.answer_questions(ctx, answerer, list(questions), name)
     out = {"answers": [a.text for a in answers],
            "passages": [None if a.passages is None else list(a.passages) for a in answers]}
     return {**out, **(extra(answerer) if extra else {})}

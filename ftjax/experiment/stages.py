@@ -84,7 +84,7 @@ class Context:
   def sampling(self, **overrides) -> SamplingConfig:
     s = self.config.sampling
     fields = dict(max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                  top_k=s.top_k, top_p=s.top_p, seed=self.config.seed)
+                  top_k=s.top_k, top_p=s.top_p, seed=self.config.seed, batch_size=s.batch_size)
     fields.update(overrides)
     return SamplingConfig(**fields)
 
@@ -362,8 +362,7 @@ class LearningMonitor:
       index = open_index(self.ctx, index_stage(self.ctx)[0] / "index")
     answerer = make_answerer(self.ctx, self.arm, model, index)
     stream = self.dev + self.train
-    answers, seconds, _ = answer_questions(self.ctx, answerer, stream, f"step {step} dev+train",
-                                           self.ctx.config.sampling.batch_size)
+    answers, seconds, _ = answer_questions(self.ctx, answerer, stream, f"step {step} dev+train")
     correct = [scoring.score_answer(a.text, q.answer, answers=q.answers,
                                     candidates=q.candidates, style=None)["correct"]
                for a, q in zip(answers, stream)]
@@ -552,32 +551,24 @@ def make_answerer(ctx: Context, arm: str, model, index=None):
                             oracle_search=oracle, documents=documents)
 
 
-def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Question], label: str,
-                     batch_size: int) -> tuple[list[Answer], float, list[float]]:
-  """All questions in batches of one size (at most `batch_size`), with progress.
+def answer_questions(ctx: Context, answerer, questions: Sequence[data_lib.Question],
+                     label: str) -> tuple[list[Answer], float, list[float]]:
+  """All questions in one call of the answerer, with a progress line per generation batch.
 
-  The last batch is padded with repeats of its first question (answers discarded): every call
-  has the same batch shape, so generation compiles once per prompt-length bucket, not once per
-  odd-sized remainder. Also returns each batch's seconds per question (throughput; the median
-  batch leaves compilation out).
+  Generation sorts the prompts by length into equal batches of `sampling.batch_size` (one shape,
+  so one compilation per prompt-length bucket; `SamplingConfig.batch_size`). Also returns each
+  batch's seconds per question (throughput; the median batch leaves compilation out).
   """
-  answers: list[Answer] = []
+  from ftjax.generation import on_batch
   started = time.perf_counter()
-  tokens, batch_seconds = 0, []
-  # Balanced batches: 98 questions at batch_size 32 run as 4 x 25, not 4 x 32 with 30 repeats.
-  batch_size = -(-len(questions) // -(-len(questions) // batch_size)) if questions else batch_size
-  for at in range(0, len(questions), batch_size):
-    batch_started = time.perf_counter()
-    batch = [q.input for q in questions[at:at + batch_size]]
-    real = len(batch)
-    if len(questions) > batch_size:
-      batch += [batch[0]] * (batch_size - real)
-    answers += answerer.answer(batch)[:real]
-    if len(batch) == batch_size:  # seconds per question of each full batch
-      batch_seconds.append((time.perf_counter() - batch_started) / batch_size)
-    tokens += sum(a.new_tokens for a in answers[-real:])
-    ctx.progress.batch(answerer.name, label, len(answers), len(questions), tokens,
+  batch_seconds: list[float] = []
+
+  def progress(batch):
+    batch_seconds.append(batch.seconds / batch.rows)
+    ctx.progress.batch(answerer.name, label, batch.done, batch.total, batch.new_tokens,
                        time.perf_counter() - started)
+  with on_batch(progress):
+    answers = answerer.answer([q.input for q in questions]) if questions else []
   return answers, time.perf_counter() - started, batch_seconds
 
 
@@ -627,8 +618,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     # One stream over every split: fewer partial batches, fewer compilations.
     splits = answer_splits(ctx, arm)
     stream = [q for s in splits for q in ctx.data.questions[s]]
-    answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits),
-                                                       ctx.config.sampling.batch_size)
+    answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits))
     out, total = {}, len(answers)
     for s in splits:
       out[s] = [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
@@ -734,8 +724,7 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
 
 def _answer_update_questions(ctx: Context, answerer, folder: Path) -> dict:
   stream = ctx.data.questions["update_eval"] + ctx.data.questions["unchanged"]
-  answers, _, _ = answer_questions(ctx, answerer, stream, "update_eval+unchanged",
-                                   ctx.config.sampling.batch_size)
+  answers, _, _ = answer_questions(ctx, answerer, stream, "update_eval+unchanged")
   out = {s: [dataclasses.asdict(a) for a, q in zip(answers, stream) if q.split == s]
          for s in ("update_eval", "unchanged")}
   (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))

@@ -11,9 +11,14 @@ where one applies and falls back to the reference einsum where none does:
                 causality in the kernel; no sliding window or soft-capping.
   "splash"      TPU splash attention (what MaxText uses): segment ids, causal and local masks and
                 soft-capping in the kernel; grouped heads run as multi-query kernels per KV head.
-  "auto"        GPU: cudnn; TPU: splash; otherwise xla — each falling back to xla per call when
-                the kernel cannot serve it (soft-capping on cudnn, fp32 on cudnn, lengths the
-                kernel's blocks do not tile).
+  "cpu_bf16"    CPU, bfloat16: the reference's math as 2-D products, one row and KV head at a
+                time, every product (two forward, four backward, through a `jax.custom_vjp`)
+                taking bf16 inputs and accumulating in fp32. XLA:CPU runs only such 2-D
+                bf16 x bf16 -> fp32 dots on its bf16 kernels (AVX512-BF16); the reference's
+                batched einsums and JAX's transposes of them run at a fraction of that (issue 22).
+  "auto"        GPU: cudnn; TPU: splash; CPU: cpu_bf16 for bf16; otherwise xla — each falling
+                back to xla per call when the kernel cannot serve it (soft-capping on cudnn and
+                cpu_bf16, fp32 on cudnn and cpu_bf16, lengths the kernel's blocks do not tile).
 
 An explicit choice that cannot serve a call raises instead of falling back, so a benchmark never
 measures the reference by accident. `interpret=True` runs the Pallas kernels in interpret mode
@@ -25,11 +30,13 @@ k, v [batch, seq, kv_heads, head_dim], segment_ids [batch, seq] int32; returns q
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_gpu", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_gpu", "splash", "cpu_bf16")
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 
 
@@ -73,7 +80,8 @@ def resolve(implementation: str, *, dtype, softcap, seq_len: int, head_dim: int,
         f"attention implementation {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
   platform = platform or jax.default_backend()
   if implementation == "auto":
-    candidate = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")
+    candidate = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash", "cpu": "cpu_bf16"}.get(
+        platform, "xla")
     if candidate == "xla":
       return "xla"
     try:
@@ -90,6 +98,11 @@ def resolve(implementation: str, *, dtype, softcap, seq_len: int, head_dim: int,
     if head_dim % 8 or head_dim > 256:
       raise AttentionUnsupported(f"cudnn attention needs head_dim % 8 == 0 and <= 256, "
                                  f"not {head_dim}")
+  if implementation == "cpu_bf16":
+    if dtype != jnp.bfloat16:
+      raise AttentionUnsupported(f"cpu_bf16 attention needs bfloat16, not {dtype}")
+    if softcap:
+      raise AttentionUnsupported("cpu_bf16 attention has no logit soft-capping")
   if implementation == "pallas_gpu" and softcap:
     raise AttentionUnsupported("pallas_gpu attention has no logit soft-capping")
   if implementation == "splash" and seq_len % 128:
@@ -118,6 +131,8 @@ def dot_product_attention(q, k, v, segment_ids, *, scale: float, softcap: float 
     if impl == "xla":
       return attention_with_mask(q, k, v, reference_mask(segment_ids, window), scale=scale,
                                  softcap=softcap)
+    if impl == "cpu_bf16":
+      return bf16_rows_attention(q, k, v, reference_mask(segment_ids, window), scale)
     if impl == "cudnn":
       return _cudnn(q, k, v, segment_ids, scale, window)
     if impl == "pallas_gpu":
@@ -128,9 +143,11 @@ def dot_product_attention(q, k, v, segment_ids, *, scale: float, softcap: float 
     return run(None)
   if is_sliding is None:
     return run(sliding_window)
-  if impl == "xla":  # one masked einsum; the layer's flag picks the mask
+  if impl in ("xla", "cpu_bf16"):  # one masked attention; the layer's flag picks the mask
     mask = jnp.where(is_sliding, reference_mask(segment_ids, sliding_window),
                      reference_mask(segment_ids))
+    if impl == "cpu_bf16":
+      return bf16_rows_attention(q, k, v, mask, scale)
     return attention_with_mask(q, k, v, mask, scale=scale, softcap=softcap)
   return jax.lax.cond(is_sliding, lambda: run(sliding_window), lambda: run(None))
 
@@ -188,3 +205,109 @@ def _splash(q, k, v, segment_ids, scale, softcap, window, interpret):
 
   out = jax.vmap(one_row)(q, k, v, segment_ids)  # [b, kv, g, t, d]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+# ----------------------------------------------------------------------------- cpu_bf16
+
+
+def _f32_dot(a, b, contract_a: int, contract_b: int):
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _rows(x, j: int, group: int):
+  """[t, heads, d] -> the `group` query heads of KV head j as [t * group, d] (rows (t, g))."""
+  return x[:, j * group:(j + 1) * group].reshape(-1, x.shape[-1])
+
+
+def _row_forward(q, k, v, mask, scale):
+  """One row: q [t, h, d], k/v [s, kv, d] bf16, mask [t, s] -> (out [t, h, d] bf16, probs
+  [kv, t * g, s] fp32)."""
+  t, h, d = q.shape
+  kv = k.shape[1]
+  group = h // kv
+  mask = jnp.repeat(mask, group, axis=0)  # rows (t, g)
+  outs, probs = [], []
+  for j in range(kv):
+    scores = _f32_dot(_rows(q, j, group), k[:, j], 1, 1) * scale  # [t * g, s]
+    p = jax.nn.softmax(jnp.where(mask, scores, _NEG_INF), axis=-1)
+    outs.append(_f32_dot(p.astype(jnp.bfloat16), v[:, j], 1, 0).reshape(t, group, d))
+    probs.append(p)
+  return jnp.concatenate(outs, axis=1).astype(q.dtype), jnp.stack(probs)
+
+
+def _row_backward(q, k, v, probs, d_out, scale):
+  from ftjax.models.matmul import _transposed_copy
+  kv = k.shape[1]
+  group = q.shape[1] // kv
+  d_out = d_out.astype(jnp.bfloat16)
+  dqs, dks, dvs = [], [], []
+  for j in range(kv):
+    p, do, qj = probs[j], _rows(d_out, j, group), _rows(q, j, group)
+    dp = _f32_dot(do, v[:, j], 1, 1)  # [t * g, s]
+    ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale).astype(jnp.bfloat16)
+    # dK and dV sum over query rows: [d, rows] @ [rows, s] with a row-major transposed copy as
+    # lhs (see matmul._transposed_copy), transposed back behind a barrier so that XLA does not
+    # fold the transpose into the product (a dot XLA:CPU then cannot run in bf16).
+    dv = _f32_dot(_transposed_copy(do), p.astype(jnp.bfloat16), 1, 0)
+    dk = _f32_dot(_transposed_copy(qj), ds, 1, 0)
+    dqs.append(_f32_dot(ds, k[:, j], 1, 0).reshape(q.shape[0], group, -1))
+    dks.append(jax.lax.optimization_barrier(dk).T)
+    dvs.append(jax.lax.optimization_barrier(dv).T)
+  return (jnp.concatenate(dqs, axis=1).astype(q.dtype), jnp.stack(dks, 1).astype(k.dtype),
+          jnp.stack(dvs, 1).astype(v.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def bf16_rows_attention(q, k, v, mask, scale: float):
+  """The "cpu_bf16" kernel: `attention_with_mask`'s math (no soft-capping) for bf16 q, k, v
+  [b, t|s, heads, d] and a boolean mask [b, t, s]; rows one after another (`lax.map`)."""
+  return _rows_attention_fwd(q, k, v, mask, scale)[0]
+
+
+def _rows_attention_fwd(q, k, v, mask, scale):
+  out, probs = jax.lax.map(lambda a: _row_forward(*a, scale), (q, k, v, mask))
+  return out, (q, k, v, probs)
+
+
+def _rows_attention_bwd(scale, residuals, d_out):
+  q, k, v, probs = residuals
+  dq, dk, dv = jax.lax.map(lambda a: _row_backward(*a, scale), (q, k, v, probs, d_out))
+  return dq, dk, dv, None
+
+
+bf16_rows_attention.defvjp(_rows_attention_fwd, _rows_attention_bwd)
+
+
+def bf16_rows_segments(q, segments):
+  """Decoding's attention over several key segments (a shared prefix, the cache, the new
+  tokens) in one softmax, as `cpu_bf16` computes it: forward only, rows one after another, 2-D
+  bf16 products with fp32 accumulation. q [b, t, kv, g, d] bf16, already scaled; each segment
+  (k, v, mask): k, v [b, s, kv, d] (a row's own) or [s, kv, d] (shared by every row), mask
+  [b, t, s]. Returns [b, t, kv, g, d] bf16. For prompts (t in the tens or more); a decode step's
+  one token is cheaper as the batched einsum."""
+  b, t, kv, group, d = q.shape
+  own = [(k, v) for k, v, _ in segments if k.ndim == 4]
+  shared = [(k, v) for k, v, _ in segments if k.ndim == 3]
+  is_own = [k.ndim == 4 for k, _, _ in segments]
+
+  def row(args):
+    q_row, own_kv, masks = args
+    own_it, shared_it = iter(own_kv), iter(shared)
+    kvs = [next(own_it) if o else next(shared_it) for o in is_own]
+    masks = [jnp.repeat(m, group, axis=0) for m in masks]  # rows (t, g)
+    outs = []
+    for j in range(kv):
+      qj = q_row[:, j].reshape(t * group, d)
+      scores = [jnp.where(m, _f32_dot(qj, k[:, j], 1, 1), _NEG_INF)
+                for (k, _), m in zip(kvs, masks)]
+      probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(jnp.bfloat16)
+      out, start = None, 0
+      for k, v in kvs:
+        size = k.shape[0]
+        part = _f32_dot(probs[:, start:start + size], v[:, j], 1, 0)
+        out, start = part if out is None else out + part, start + size
+      outs.append(out.reshape(t, group, d))
+    return jnp.stack(outs, axis=1).astype(q.dtype)
+
+  return jax.lax.map(row, (q, own, [m for _, _, m in segments]))

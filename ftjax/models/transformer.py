@@ -209,8 +209,8 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, layer_cache, cache_index, deterministic,
-               prefix_kv=None, prefix_mask=None, segment_ids=None, is_sliding=None):
+  def __call__(self, x, cos, sin, mask, layer_cache, deterministic, prefix_kv=None,
+               prefix_mask=None, segment_ids=None, is_sliding=None):
     """Training / scoring (no cache): `segment_ids` [batch, seq] and the layer's `is_sliding`
     flag go to `attention.dot_product_attention`, which picks the kernel (`mask` is None).
     Decoding: `mask` [batch, seq, cache_slots] over the cache.
@@ -275,6 +275,10 @@ def _attend_segments(cfg: ModelConfig, q, segments):
   the whole batch: the einsums broadcast it, nothing is materialised per row) and mask
   [b, t, s]. Scores accumulate in fp32. Returns [b, t, kv, g, d]."""
   dt = q.dtype
+  if q.shape[1] >= 16 and not cfg.attn_logit_softcap and attention_lib.resolve(
+      cfg.attention_impl, dtype=dt, softcap=None, seq_len=q.shape[1],
+      head_dim=q.shape[-1]) == "cpu_bf16":  # a prefill on the CPU in bf16: 2-D products
+    return attention_lib.bf16_rows_segments(q, segments)
   scores, sizes = [], []
   for k, _, mask in segments:
     spec = "btkgd,skd->bkgts" if k.ndim == 3 else "btkgd,bskd->bkgts"
@@ -317,7 +321,7 @@ class DecoderLayer(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_inputs, rope, masks, cache_index, deterministic):
+  def __call__(self, x, layer_inputs, rope, masks, deterministic):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm = functools.partial(RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt)
@@ -336,9 +340,9 @@ class DecoderLayer(nn.Module):
       cos, sin = jnp.where(is_sliding, local_rope[0], cos), jnp.where(is_sliding, local_rope[1], sin)
 
     h = norm(name="input_layernorm")(x)
-    h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, cache_index,
-                                                   deterministic, layer_prefix, prefix_mask,
-                                                   segment_ids, is_sliding)
+    h, new_cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, layer_cache, deterministic,
+                                                   layer_prefix, prefix_mask, segment_ids,
+                                                   is_sliding)
     if cfg.post_norms:
       h = norm(name="post_attention_layernorm")(h)
       x = x + h
@@ -463,17 +467,17 @@ class Transformer(nn.Module):
     layer_cls = DecoderLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
-                           prevent_cse=False, static_argnums=(6,))
+                           prevent_cse=False, static_argnums=(5,))
     layers = nn.scan(
         layer_cls,
         variable_axes={"params": 0, "lora": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     is_sliding = jnp.asarray(cfg.layer_is_sliding)
-    x, new_kv = layers(x, (is_sliding, cache, prefix), rope, masks, cache_index, deterministic)
+    x, new_kv = layers(x, (is_sliding, cache, prefix), rope, masks, deterministic)
     new_cache = None
     if cache is not None:  # new_kv: {"k", "v": [layers, batch, seq, kv_heads, head_dim]}
       zero = jnp.zeros((), jnp.int32)
