@@ -450,3 +450,44 @@ def test_cli_process_exit_code(tmp_path):
 def test_export_error_is_a_checkpoint_error():
   with pytest.raises(ExportError, match="needs `base`"):
     export(ftjax.Pretrained(None, {}, None), "/nonexistent/out", "hf")
+
+
+@pytest.mark.parametrize("family,make", [("llama", transformers.LlamaConfig),
+                                         ("qwen2", transformers.Qwen2Config)])
+def test_q8_0_gguf_loads_as_the_int8_base_without_dequantizing(family, make, tmp_path,
+                                                               monkeypatch):
+  """GGUF's Q8_0 is ftjax's int8 with blocks of 32: its codes and scales are taken as stored
+  (llama's Q/K rows reordered), the file is never converted, and the weights equal the ones
+  transformers dequantizes the same file to."""
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import _QWEN2_SPLIT
+  from ftjax.checkpoints import gguf_quant
+  from ftjax.models import quant
+  monkeypatch.setenv("FTJAX_CACHE", str(tmp_path / "cache"))
+  tokenizer = _tiny_tokenizer(_QWEN2_SPLIT if family == "qwen2" else None)
+  torch.manual_seed(2)
+  config = make(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                max_position_embeddings=256, tie_word_embeddings=family == "llama",
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)  # head_dim 32: o_proj fills Q8_0 blocks
+  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "hf")
+  tokenizer.save_pretrained(tmp_path / "hf")
+  export(str(tmp_path / "hf"), tmp_path / "q8", "gguf", gguf_type="q8_0")
+  path = tmp_path / "q8" / "model.gguf"
+
+  model = ftjax.load(str(path), quant="int8", quant_block_size=32)
+  assert model.config.base_quant == "int8" and model.config.quant_block_size == 32
+  assert not (tmp_path / "cache" / "gguf").exists()  # no fp32 folder was written
+  assert model.tokenizer("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
+  loaded = gguf_quant.load_int8(path, model.config)
+  assert (loaded.direct, loaded.requantized) == (2 * 7, 0)  # every projection as stored
+
+  dense = ftjax.load(str(path), tokenizer=False)  # through transformers' dequantization
+  for target, (group, n_in) in quant.projections(model.config).items():
+    module = model.params["layers"][group][target]
+    assert module["codes"].dtype == jnp.int8
+    weights = quant.dequantize(module["codes"], module["scales"], mode="int8", block_size=32,
+                               axis=n_in)  # stacked [layers, ...]: the blocked axis is n_in
+    np.testing.assert_allclose(weights, dense.params["layers"][group][target]["kernel"],
+                               rtol=1e-6, atol=1e-8, err_msg=target)
+  assert np.abs(_ftjax_logits(model) - _ftjax_logits(dense)).max() < 1e-4

@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ftjax.checkpoints import gguf_quant
 from ftjax.checkpoints.hf_import import CheckpointError, load_params, read_hf_config
-from ftjax.checkpoints.registry import RUN_MODEL_FILE, is_workdir, resolve
+from ftjax.checkpoints.registry import RUN_MODEL_FILE, gguf_file, is_workdir, resolve
 from ftjax.config import ConfigError
 from ftjax.models import quant as quant_lib
 from ftjax.models.lora import Adapters, LoraSpec
@@ -124,7 +125,9 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
   `step` picks a training workdir's checkpoint (default: its latest), e.g. the one an early-
   stopping rule selected. `quant` ("int8" | "nf4") stores every projection's kernel
   block-quantized (QLoRA's frozen base; blocks of `quant_block_size`, `ftjax.models.quant`);
-  a LoRA workdir's base is quantized as it was trained unless `quant` says otherwise.
+  a LoRA workdir's base is quantized as it was trained unless `quant` says otherwise. A GGUF
+  file with `quant="int8", quant_block_size=32` keeps its Q8_0 projections as stored
+  (`ftjax.checkpoints.gguf_quant`), never dequantized nor converted to an fp32 folder.
   Returns params as a plain pytree of jax arrays (numpy if `device_put=False`).
   """
   if adapter is not None:
@@ -145,6 +148,23 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
                      **config_overrides)
   if step is not None:
     raise CheckpointError(f"{name_or_path}: step= applies to a training workdir only")
+  gguf = gguf_file(name_or_path)
+  if quant == "int8" and quant_block_size == gguf_quant.BLOCK and gguf is not None:
+    # GGUF's Q8_0 is this int8 format: its projections are taken as stored, and the file is
+    # never converted to an fp32 folder.
+    cfg = from_hf_config(gguf_quant.hf_config(gguf), dtype=dtype or "float32",
+                         param_dtype=param_dtype or "float32", **config_overrides)
+    if cfg.family in gguf_quant.FAMILIES:
+      try:
+        quant_lib.check_model(cfg, quant, quant_block_size)
+      except ValueError as err:
+        raise ConfigError(f"config key {err}") from None
+      loaded = gguf_quant.load_int8(gguf, cfg)
+      params = loaded.params
+      if device_put:
+        params = jax.tree.map(jnp.asarray, params)
+      return Pretrained(cfg.replace(base_quant="int8", quant_block_size=gguf_quant.BLOCK),
+                        params, gguf_quant.tokenizer(gguf) if tokenizer else None)
   folder = resolve(name_or_path)
   cfg = from_hf_config(read_hf_config(folder), dtype=dtype or "float32",
                        param_dtype=param_dtype or "float32", **config_overrides)

@@ -107,6 +107,22 @@ def _looks_like_hub_id(name: str) -> bool:
           and not os.path.exists(name))
 
 
+def gguf_file(name_or_path: str | os.PathLike) -> Path | None:
+  """The GGUF file a model name or path stands for (a registered GGUF, a .gguf file, a folder
+  holding one .gguf and no config.json), or None; nothing is converted."""
+  name = str(name_or_path)
+  if name in REGISTRY:
+    entry = REGISTRY[name]
+    return entry.path() if isinstance(entry, EmbeddedGGUF) else None
+  path = Path(name).expanduser()
+  if path.is_file() and path.suffix.lower() == ".gguf":
+    return path
+  if path.is_dir() and not (path / "config.json").is_file():
+    ggufs = sorted(path.glob("*.gguf"))
+    return ggufs[0] if len(ggufs) == 1 else None
+  return None
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
   """Returns a local HF-style folder (config.json + safetensors + tokenizer) for a model."""
   name = str(name_or_path)
