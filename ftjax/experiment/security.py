@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Sequence
 
 from ftjax.arms import registry as arm_registry
 from ftjax.evaluation import qa as scoring
@@ -135,20 +134,6 @@ def _poison_train_stage(ctx, fraction: float, seed: int = 0):
   return ctx.cache.run(f"train-finetuned-poison{fraction:g}-s{seed}", key, build, fresh=False)
 
 
-def _answer_stage(ctx, name: str, key: dict, make, questions: Sequence[data_lib.Question],
-                  extra=None) -> dict:
-  key = {**key, "questions": [q.input for q in questions], "sampling": ctx.config.sampling.to_dict(),
-         "system_prompt": ctx.config.prompt.system_prompt}
-
-  def build(folder) -> dict:
-    answerer = make()
-    answers, _, _ = stages.answer_questions(ctx, answerer, list(questions), name)
-    out = {"answers": [a.text for a in answers],
-           "passages": [None if a.passages is None else list(a.passages) for a in answers]}
-    return {**out, **(extra(answerer) if extra else {})}
-  return ctx.cache.run(f"security-{name}", key, build)[1]
-
-
 def _rag_index(ctx, fraction: float, plan, canary_list):
   docs, info = poison_docs(ctx.data.docs, plan, fraction)
   docs += [canary.doc(i) for i, canary in enumerate(canary_list)]
@@ -185,10 +170,11 @@ def poisoning(ctx) -> dict:
     for fraction in fractions:
       folder, trained = _poison_train_stage(ctx, fraction)
       info = trained.get("poison") or {"requested": 0, "poisoned": 0, "facts": []}
-      answers = _answer_stage(ctx, f"poison-finetuned-f{fraction:g}", {"train": folder.name},
-                              lambda f=folder: stages.make_answerer(
-                                  ctx, "finetuned", stages.tuned_model(ctx, f / "run")),
-                              questions)["answers"] if questions else []
+      answers = stages.answer_stage(
+          ctx, f"security-poison-finetuned-f{fraction:g}", "finetuned",
+          {"train": folder.name, "step": None},
+          lambda f=folder: stages.tuned_model(ctx, f / "run"),
+          questions)["answers"] if questions else []
       rows.append({"fraction": fraction, "poisoned": info["poisoned"],
                    "requested": info["requested"], "of": trained["examples"],
                    **_poison_rows(answers, questions, wrong, set(info["facts"]))})
@@ -198,23 +184,14 @@ def poisoning(ctx) -> dict:
     rows = []
     for fraction in fractions:
       folder, info = _rag_index(ctx, fraction, plan, canaries(c))
-      answers = _answer_stage(ctx, f"poison-rag-f{fraction:g}", {"index": folder.name,
-                                                                 "rag": _rag_key(ctx)},
-                              lambda f=folder: stages.make_answerer(
-                                  ctx, "rag", ctx.base_model(),
-                                  stages.open_index(ctx, f / "index")),
-                              questions)["answers"] if questions else []
+      answers = stages.answer_stage(
+          ctx, f"security-poison-rag-f{fraction:g}", "rag", ctx.model_key, ctx.base_model,
+          questions, index_folder=folder)["answers"] if questions else []
       rows.append({"fraction": fraction, "poisoned": info["poisoned"],
                    "requested": info["requested"], "of": len(ctx.data.docs),
                    **_poison_rows(answers, questions, wrong, set(info["facts"]))})
     out["rag"] = {"target_questions": len(questions), "rows": rows}
   return out
-
-
-def _rag_key(ctx) -> dict:
-  r = ctx.config.retrieval
-  return {"model": ctx.model_key, "method": r.method, "k": r.k,
-          "max_prompt_tokens": r.max_prompt_tokens, "instruction": ctx.config.prompt.rag_instruction}
 
 
 def _mean(values):
@@ -262,10 +239,8 @@ def canary_leakage(ctx) -> dict:
       hits = stages.open_index(ctx, folder / "index").search(
           [q.input for q in questions], k=c.retrieval.k, method=c.retrieval.method)
       return {"retrieved": [q.doc_id in {p.doc_id for p in h} for q, h in zip(questions, hits)]}
-    result = _answer_stage(ctx, "canary-rag", {"index": folder.name, "rag": _rag_key(ctx)},
-                           lambda: stages.make_answerer(ctx, "rag", ctx.base_model(),
-                                                        stages.open_index(ctx, folder / "index")),
-                           questions, extra=retrieved)
+    result = stages.answer_stage(ctx, "security-canary-rag", "rag", ctx.model_key,
+                                 ctx.base_model, questions, index_folder=folder, extra=retrieved)
     quoted = [metrics.quotes_secret(a, x.secret) for a, x in zip(result["answers"], canary_list)]
     out["rag"] = {"canary_in": f"{len(canary_list)} documents of "
                                f"{len(ctx.data.docs) + len(canary_list)}",

@@ -491,6 +491,30 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
           "config": config_values(ctx.config, arm_registry.reads(spec))}
 
 
+def answer_stage(ctx: Context, name: str, arm: str, model_key: Any, load_model,
+                 questions: Sequence[data_lib.Question], index_folder: Path | None = None,
+                 extra=None) -> dict:
+  """One arm's answers to a list of questions outside the main comparison (security's poisoned
+  models and indexes, canary prompts), cached as `name`. The key is derived as the main answers'
+  is: the arm's declared config keys, the model key, the index, and the questions themselves.
+  `load_model()` gives the model; `extra(answerer)` adds fields to the result."""
+  spec = arm_registry.get(arm)
+  key = {"arm": arm, "model": model_key, "questions": digest([q.input for q in questions]),
+         "config": config_values(ctx.config, arm_registry.reads(spec)),
+         "index": index_folder.name if index_folder is not None else None}
+  if spec.styled:  # few-shot examples come from the training file
+    key["train"] = ctx.data.hashes["train"]
+
+  def build(folder: Path) -> dict:
+    index = open_index(ctx, index_folder / "index") if index_folder is not None else None
+    answerer = make_answerer(ctx, arm, load_model(), index)
+    answers, _, _ = answer_questions(ctx, answerer, list(questions), name)
+    out = {"answers": [a.text for a in answers],
+           "passages": [None if a.passages is None else list(a.passages) for a in answers]}
+    return {**out, **(extra(answerer) if extra else {})}
+  return ctx.cache.run(name, key, build)[1]
+
+
 def answer_splits(ctx: Context, arm: str) -> list[str]:
   """The question splits an arm answers: every arm the held-out ones; a tuned arm also its own
   training questions (its train accuracy)."""
