@@ -71,8 +71,10 @@ def _dense(tensor) -> np.ndarray:
                     np.float32)
 
 
-def load_int8(path: Path, cfg: ModelConfig) -> Loaded:
-  """The params of the GGUF file at `path` for `cfg`, every projection int8 in blocks of 32."""
+def load_int8(path: Path, cfg: ModelConfig, config: dict | None = None) -> Loaded:
+  """The params of the GGUF file at `path` for `cfg`, every projection int8 in blocks of 32;
+  `config` is the file's Hugging Face config when the caller has read it already (reading the
+  metadata costs seconds: a GGUF carries its tokenizer's vocabulary)."""
   import gguf
   if cfg.family not in FAMILIES:
     raise ValueError(f"{cfg.family}: quantized GGUF loading supports {', '.join(FAMILIES)}")
@@ -137,4 +139,4 @@ def load_int8(path: Path, cfg: ModelConfig) -> Loaded:
       layout.set_path(params, module + "/scales", np.stack([s for _, s in parts]))
     else:
       layout.set_path(params, "layers/" + row.path, np.stack(parts))
-  return Loaded(hf_config(path), params, direct, requantized)
+  return Loaded(config if config is not None else hf_config(path), params, direct, requantized)

@@ -152,14 +152,15 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m-instruct", *, dtype: st
   if quant == "int8" and quant_block_size == gguf_quant.BLOCK and gguf is not None:
     # GGUF's Q8_0 is this int8 format: its projections are taken as stored, and the file is
     # never converted to an fp32 folder.
-    cfg = from_hf_config(gguf_quant.hf_config(gguf), dtype=dtype or "float32",
+    hf = gguf_quant.hf_config(gguf)
+    cfg = from_hf_config(hf, dtype=dtype or "float32",
                          param_dtype=param_dtype or "float32", **config_overrides)
     if cfg.family in gguf_quant.FAMILIES:
       try:
         quant_lib.check_model(cfg, quant, quant_block_size)
       except ValueError as err:
         raise ConfigError(f"config key {err}") from None
-      loaded = gguf_quant.load_int8(gguf, cfg)
+      loaded = gguf_quant.load_int8(gguf, cfg, hf)
       params = loaded.params
       if device_put:
         params = jax.tree.map(jnp.asarray, params)
