@@ -130,7 +130,7 @@ def main():
         f"transformers {metadata.version('transformers')}, peft {metadata.version('peft')}")
   print(f"load average (1, 5, 15 min) at start {load_start}, at end {load_end}")
   print(f"{args.model}, {args.batch} x {args.seq_len} tokens, median of {args.repeats} rounds\n")
-  print(f"| case | tok/s | step (s) | first step (s) |\n|---|---|---|---|")
+  print("| case | tok/s | step (s) | first step (s) |\n|---|---|---|---|")
   for name, (_, first) in cases.items():
     first_s = f"{first:.1f}" if first is not None else "-"
     print(f"| {name} | {rate[name]:.0f} | {n / rate[name]:.2f} | {first_s} |")
