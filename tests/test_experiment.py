@@ -157,6 +157,13 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
   rescore(workdir)
   assert (workdir / "summary.json").read_text() == saved
   assert json.loads((workdir / "summary.json").read_text())["arms"].keys() == arms.keys()
+  # The typed records describe the whole file: nothing is lost reading it as attributes.
+  from ftjax.experiment.results import Summary
+  typed = Summary.from_dict(json.loads(saved))
+  assert typed.to_dict() == json.loads(saved)
+  assert typed.arms["rag"].rate("accuracy").ci == arms["rag"]["accuracy_ci"]
+  assert typed.arms["finetuned"].budget.steps == 2
+  assert typed.cost.break_even["finetuned_vs_rag"].accuracy[1] == arms["rag"]["accuracy"]
   report = (workdir / "report.md").read_text()
   for aspect in ("Initial cost", "Knowledge update", "Style consistency", "Hallucination risk",
                  "Transparency", "Scalability"):

@@ -151,6 +151,13 @@ def test_security_section_in_report_and_experiment_json(tiny_llama_folder, domai
   if "skipped" not in sec["audit"]:
     assert sec["audit"]["rows"] > 0 and set(sec["audit"]["counts"]) >= {"pii", "secret"}
 
+  from ftjax.experiment.results import Summary
+  saved = json.loads((workdir / "summary.json").read_text())
+  typed = Summary.from_dict(saved)
+  assert typed.to_dict() == saved  # the security records describe the whole section
+  assert typed.security.poisoning.rag.top.fraction == 0.5
+  assert typed.security.leakage.models["finetuned"].rank == leakage["models"]["finetuned"]["rank"]
+
   report = (workdir / "report.md").read_text()
   assert "## Security" in report and "### Poisoning" in report and "### Data audit" in report
   row = next(line for line in report.splitlines() if line.startswith("| Security and risk |"))

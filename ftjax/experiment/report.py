@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from ftjax.experiment.results import (ArmSummary, Budget, Difference, Rate, Security, Summary)
+
 ARTICLE = {  # aspect -> (fine-tuning, RAG), as the article states them
     "Initial cost": ("Very high", "Relatively low"),
     "Implementation time": ("Long (weeks-months)", "Short (days-weeks)"),
@@ -36,26 +38,21 @@ def _sci(x):
   return "n/a" if x is None else f"{x:.2e}"
 
 
-def _with_std(metrics, key, fmt=_pct):
-  value = metrics.get(key)
-  std = (metrics.get("std") or {}).get(key)
-  if value is None:
+def _ci(rate: Rate, fmt=_pct) -> str:
+  """"27.1% [16.6-41.2]": the value (mean over seeds, ± std across seeds when there are several)
+  with its 95% interval."""
+  if rate.value is None:
     return "n/a"
-  if metrics.get("seeds", 1) > 1 and std is not None:
-    return f"{fmt(value)} ± {fmt(std)}"
-  return fmt(value)
-
-
-def _ci(metrics, key, fmt=_pct):
-  """"27.1% [16.6-41.2]": the value (mean over seeds) with its 95% interval."""
-  value = metrics.get(key)
-  if value is None:
-    return "n/a"
-  text = _with_std(metrics, key, fmt)
-  ci = metrics.get(f"{key}_ci")
-  if ci and ci[0] is not None:
-    text += f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
+  text = fmt(rate.value)
+  if rate.seeds > 1 and rate.std is not None:
+    text += f" ± {fmt(rate.std)}"
+  if rate.ci and rate.ci[0] is not None:
+    text += f" [{100 * rate.ci[0]:.0f}-{100 * rate.ci[1]:.0f}]"
   return text
+
+
+def _arm_ci(arm: ArmSummary | None, key: str) -> str:
+  return _ci(arm.rate(key)) if arm else "n/a"
 
 
 ARM_COLUMNS = (("accuracy", "accuracy"), ("em", "EM"), ("f1", "F1"), ("style_rate", "style"),
@@ -68,66 +65,64 @@ ARM_COLUMNS = (("accuracy", "accuracy"), ("em", "EM"), ("f1", "F1"), ("style_rat
                ("citation_accuracy", "citation"), ("attribution_rate", "attribution"))
 
 
-def cag_note(arms: dict) -> str:
+def cag_note(arms: dict[str, ArmSummary]) -> str:
   """CAG's corpus against its context, its prefill and time to first token."""
-  cag = (arms.get("cag") or {}).get("cag")
+  arm = arms.get("cag")
+  cag = arm.cag if arm else None
   if not cag:
     return ""
-  ttft = (arms["cag"].get("ttft_s") or {}).get("p50")
-  return (f"; CAG: {cag['documents']} documents, {cag['corpus_tokens']:,} corpus tokens of a "
-          f"usable context of {cag['context']:,} ({cag['context_source']}), prefilled once in "
-          f"{cag['prefill_s']:.2f} s, first token after {_num(ttft, '{:.2f}')} s (p50)")
+  ttft = arm.ttft_s.p50 if arm.ttft_s else None
+  return (f"; CAG: {cag.documents} documents, {cag.corpus_tokens:,} corpus tokens of a "
+          f"usable context of {cag.context:,} ({cag.context_source}), prefilled once in "
+          f"{cag.prefill_s:.2f} s, first token after {_num(ttft, '{:.2f}')} s (p50)")
 
 
-def arms_table(summary: dict) -> list[str]:
+def arms_table(summary: Summary) -> list[str]:
   """One row per arm: every rate with its 95% interval (Wilson over questions), n and seeds."""
   header = [label for _, label in ARM_COLUMNS] + ["prompt tokens", "new tokens",
                                                   "latency p50 / p95 (s)", "first token p50 (s)",
                                                   "decode tok/s", "questions", "seeds"]
   lines = ["| arm | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
-  for arm, m in summary["arms"].items():
-    lat = m.get("latency_s") or {}
-    cells = [_ci(m, key) for key, _ in ARM_COLUMNS]
-    cells += [_num(m.get("prompt_tokens")), _num(m.get("new_tokens")),
-              f"{_num(lat.get('p50'), '{:.2f}')} / {_num(lat.get('p95'), '{:.2f}')} "
-              f"(n={lat.get('n', 'n/a')})", _num((m.get("ttft_s") or {}).get("p50"), "{:.2f}"),
-              _num(m.get("decode_tokens_per_s"), "{:.1f}"), str(m.get("n_questions")),
-              str(m.get("seeds"))]
+  for arm, m in summary.arms.items():
+    lat = m.latency_s
+    cells = [_ci(m.rate(key)) for key, _ in ARM_COLUMNS]
+    cells += [_num(m.prompt_tokens), _num(m.new_tokens),
+              (f"{_num(lat.p50, '{:.2f}')} / {_num(lat.p95, '{:.2f}')} (n={lat.n})" if lat
+               else "n/a"), _num(m.ttft_s.p50 if m.ttft_s else None, "{:.2f}"),
+              _num(m.decode_tokens_per_s, "{:.1f}"), str(m.n_questions), str(m.seeds)]
     lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-  for arm, reason in summary.get("skipped", {}).items():
+  for arm, reason in summary.skipped.items():
     if not arm.startswith(("data.", "update_")):
       lines.append(f"| {arm} | skipped: {reason} |" + " |" * len(header))
   return lines
 
 
-def budget_text(b: dict | None) -> str:
+def budget_text(b: Budget | None) -> str:
   """The budget behind a tuned arm's figures."""
   if not b:
     return "budget unknown"
-  epochs = f", {b['epochs']:.1f} epochs" if b.get("epochs") is not None else ""
-  sel = (f", selected step {b['selected_step']} ({b['select_reason']})"
-         if b.get("selected_step") not in (None, b.get("steps")) else "")
-  return (f"{b.get('steps')} steps{epochs}{sel}; train accuracy "
-          f"{_pct(b.get('train_accuracy'))}")
+  epochs = f", {b.epochs:.1f} epochs" if b.epochs is not None else ""
+  sel = (f", selected step {b.selected_step} ({b.select_reason})"
+         if b.selected_step not in (None, b.steps) else "")
+  return f"{b.steps} steps{epochs}{sel}; train accuracy {_pct(b.train_accuracy)}"
 
 
-def under_trained(b: dict | None) -> bool:
-  return bool(b) and b.get("learned") is False
+def _delta(c: Difference) -> str:
+  return (f"Δ {100 * c.diff:+.1f} pts [{100 * c.ci[0]:+.1f}, {100 * c.ci[1]:+.1f}], n={c.n}"
+          + (f", McNemar p={c.p:.3g}" if c.p is not None else ""))
 
 
-def paired_note(summary: dict, a: str, b: str, metric: str, text_higher: str, text_lower: str,
-                agrees_if_higher: bool | None) -> str:
+def paired_note(summary: Summary, a: str, b: str, metric: str, text_higher: str,
+                text_lower: str, agrees_if_higher: bool | None) -> str:
   """The verdict of `a` vs `b` on `metric`: a direction only when the paired 95% interval of
   the difference excludes zero, else "within noise"."""
-  from ftjax.experiment.summary import find
-  c = find(summary.get("comparisons", []), a, b, metric)
-  if c is None or c["diff"] is None:
+  c = summary.compare(a, b, metric)
+  if c is None or c.diff is None:
     return "not measured (an arm is off or data is missing)"
-  delta = (f"Δ {100 * c['diff']:+.1f} pts [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], "
-           f"n={c['n']}" + (f", McNemar p={c['p']:.3g}" if c.get("p") is not None else ""))
-  if c["verdict"] == "within noise":
+  delta = _delta(c)
+  if c.verdict == "within noise":
     return f"within noise ({delta})"
-  higher = c["verdict"] == "higher"
+  higher = c.verdict == "higher"
   text = text_higher if higher else text_lower
   if agrees_if_higher is None:
     return f"{text} ({delta})"
@@ -135,28 +130,27 @@ def paired_note(summary: dict, a: str, b: str, metric: str, text_higher: str, te
   return (text if agrees else "**disagrees with the article**: " + text) + f" ({delta})"
 
 
-def mc_note(c: dict | None, text_higher: str, text_lower: str) -> str:
+def mc_note(c: Difference | None, text_higher: str, text_lower: str) -> str:
   """A tuned model vs the base on multiple choice: a direction only outside the noise; fewer
   right answers than the base is the article's forgetting (agrees), more disagrees."""
-  if not c or c.get("diff") is None:
+  if not c or c.diff is None:
     return "not measured"
-  delta = (f"Δ {100 * c['diff']:+.1f} pts [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], "
-           f"n={c['n']}" + (f", McNemar p={c['p']:.3g}" if c.get("p") is not None else ""))
-  if c["verdict"] == "within noise":
+  delta = _delta(c)
+  if c.verdict == "within noise":
     return f"within noise ({delta})"
-  if c["verdict"] == "higher":
+  if c.verdict == "higher":
     return f"**disagrees with the article**: {text_higher} ({delta})"
   return f"{text_lower} ({delta})"
 
 
-def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+def comparison_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
   """(aspect, fine-tuning measured, RAG measured, note) for every row of the article's table."""
-  arms, cost, update = summary["arms"], summary["cost"], summary.get("update", {})
+  arms, cost, update = summary.arms, summary.cost, summary.update
   ft, rag = arms.get("finetuned"), arms.get("rag")
-  train = cost.get("train", {}).get("finetuned")
-  index = cost.get("index")
-  inf = cost.get("inference", {})
-  cur = cost.get("currency", "")
+  train = cost.train.get("finetuned")
+  index = cost.index
+  inf = cost.inference
+  cur = cost.currency
   rows = []
 
   def note(agrees: bool | None, text_agree: str, text_disagree: str) -> str:
@@ -166,21 +160,21 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
 
   if train and index:
     rows.append(("Initial cost",
-                 f"{_sci(train['flops'])} FLOPs, {train['seconds']:.0f} s, "
-                 f"{train['money']:.4f} {cur} (training)",
-                 f"{index['seconds']:.1f} s, {index['money']:.5f} {cur} (indexing)",
-                 note(train["seconds"] > index["seconds"],
-                      f"fine-tuning costs {train['seconds'] / max(index['seconds'], 1e-9):.0f}x "
+                 f"{_sci(train.flops)} FLOPs, {train.seconds:.0f} s, "
+                 f"{train.money:.4f} {cur} (training)",
+                 f"{index.seconds:.1f} s, {index.money:.5f} {cur} (indexing)",
+                 note(train.seconds > index.seconds,
+                      f"fine-tuning costs {train.seconds / max(index.seconds, 1e-9):.0f}x "
                       "the indexing time up front", "indexing cost more than training")))
     rows.append(("Implementation time",
-                 f"{train['seconds']:.0f} s from examples to a tuned model on "
-                 f"{cost.get('device')} ({train['steps']} steps)",
-                 f"{index['seconds']:.1f} s from documents to a searchable index",
+                 f"{train.seconds:.0f} s from examples to a tuned model on "
+                 f"{cost.device} ({train.steps} steps)",
+                 f"{index.seconds:.1f} s from documents to a searchable index",
                  "machine time only; the people-time of the article is not measurable here"))
     rows.append(("Technical requirements",
-                 f"peak RSS {train['peak_rss_gb']:.1f} GB, {train['trainable_params']:,} "
+                 f"peak RSS {train.peak_rss_gb:.1f} GB, {train.trainable_params:,} "
                  "trainable params, an accelerator to scale",
-                 f"peak RSS {index['peak_rss_gb']:.1f} GB (index build), an encoder and an index",
+                 f"peak RSS {index.peak_rss_gb:.1f} GB (index build), an encoder and an index",
                  "process peak memory when the stage finished; both ran on this CPU"))
   else:
     rows += [(a, "n/a", "n/a", note(None, "", "")) for a in
@@ -189,53 +183,52 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   uf, ur = update.get("finetuned"), update.get("rag")
   if uf and ur:
     rows.append(("Knowledge update",
-                 f"{uf['seconds']:.0f} s retraining ({uf.get('steps')} steps); changed facts "
-                 f"{_pct(uf['update_accuracy'])}, unchanged {_pct(uf['unchanged_accuracy'])}",
-                 f"{ur['seconds']:.2f} s re-indexing; changed facts "
-                 f"{_pct(ur['update_accuracy'])}, unchanged {_pct(ur['unchanged_accuracy'])}",
-                 note(ur["seconds"] < uf["seconds"],
-                      f"re-indexing was {uf['seconds'] / max(ur['seconds'], 1e-9):.0f}x faster",
+                 f"{uf.seconds:.0f} s retraining ({uf.steps} steps); changed facts "
+                 f"{_pct(uf.update_accuracy)}, unchanged {_pct(uf.unchanged_accuracy)}",
+                 f"{ur.seconds:.2f} s re-indexing; changed facts "
+                 f"{_pct(ur.update_accuracy)}, unchanged {_pct(ur.unchanged_accuracy)}",
+                 note(ur.seconds < uf.seconds,
+                      f"re-indexing was {uf.seconds / max(ur.seconds, 1e-9):.0f}x faster",
                       "retraining was faster than re-indexing")))
   else:
-    reason = summary.get("skipped", {}).get("update_rag") or "an arm is off"
+    reason = summary.skipped.get("update_rag") or "an arm is off"
     rows.append(("Knowledge update", "n/a", "n/a", f"not measured: {reason}"))
 
-  def pair(key, label, fmt=_pct):
-    return (f"{label} {_ci(ft, key, fmt)}" if ft else "n/a",
-            f"{label} {_ci(rag, key, fmt)}" if rag else "n/a")
+  def pair(key, label):
+    return (f"{label} {_arm_ci(ft, key)}" if ft else "n/a",
+            f"{label} {_arm_ci(rag, key)}" if rag else "n/a")
 
-  ft_budget = (ft or {}).get("budget")
+  ft_budget = ft.budget if ft else None
   budget = f"; fine-tuned budget: {budget_text(ft_budget)}" if ft else ""
 
   def tuned_note(text: str) -> str:
-    if under_trained(ft_budget):
-      return (f"**under-trained** (train accuracy {_pct(ft_budget['train_accuracy'])} < "
-              f"{_pct(ft_budget['learned_threshold'])}): no verdict; {text}")
+    if ft_budget and ft_budget.under_trained:
+      return (f"**under-trained** (train accuracy {_pct(ft_budget.train_accuracy)} < "
+              f"{_pct(ft_budget.learned_threshold)}): no verdict; {text}")
     return text
 
   a, b = pair("accuracy", "accuracy")
-  extra = "; ".join(f"{arm} {_ci(arms[arm], 'accuracy')}" for arm in
-                    ("prompted_rag", "finetuned_rag", "raft", "raft_oracle", "raft_closed_book", "cag", "base")
-                    if arm in arms)
+  extra = "; ".join(f"{arm} {_arm_ci(arms[arm], 'accuracy')}" for arm in
+                    ("prompted_rag", "finetuned_rag", "raft", "raft_oracle", "raft_closed_book",
+                     "cag", "base") if arm in arms)
   rows.append(("Quality in specialization", a, b, tuned_note(
       paired_note(summary, "finetuned", "rag", "accuracy",
                   "fine-tuned more accurate than RAG",
                   "RAG more accurate on held-out domain questions", True)
       + f"{budget}; others: {extra}")))
   base = arms.get("base")
-  a = f"general-knowledge accuracy {_ci(ft, 'general_accuracy')}" if ft else "n/a"
-  b = (f"RAG keeps the base model: {_ci(base, 'general_accuracy')} without passages; "
-       f"{_ci(rag, 'general_accuracy')} with irrelevant passages (distraction)"
+  a = f"general-knowledge accuracy {_arm_ci(ft, 'general_accuracy')}" if ft else "n/a"
+  b = (f"RAG keeps the base model: {_arm_ci(base, 'general_accuracy')} without passages; "
+       f"{_arm_ci(rag, 'general_accuracy')} with irrelevant passages (distraction)"
        if rag and base else "n/a")
-  mc = summary.get("general_mc") or {}
+  mc = summary.general_mc or {}
   if "finetuned" in mc and "base" in mc:  # multiple choice by log-likelihood, as papers report
-    a = (f"general knowledge (multiple choice) {_ci(mc['finetuned'], 'accuracy')}, "
-         f"n={mc['finetuned']['n']}")
-    b = (f"RAG keeps the base model: {_ci(mc['base'], 'accuracy')} (multiple choice, "
-         f"n={mc['base']['n']})")
+    a = f"general knowledge (multiple choice) {_ci(mc['finetuned'].rate())}, n={mc['finetuned'].n}"
+    b = (f"RAG keeps the base model: {_ci(mc['base'].rate())} (multiple choice, "
+         f"n={mc['base'].n})")
     rows.append(("Flexibility", a, b, tuned_note(
         "forgetting, fine-tuned vs base by log-likelihood: " + mc_note(
-            mc["finetuned"].get("vs_base"), "the tuned model answers more general questions "
+            mc["finetuned"].vs_base, "the tuned model answers more general questions "
             "than the base", "the tuned model forgot general knowledge") + budget)))
   else:
     rows.append(("Flexibility", a, b, tuned_note(
@@ -244,8 +237,8 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
             "the tuned model answers more general questions than the base",
             "the tuned model forgot general knowledge", False) + budget)))
   a, b = pair("style_rate", "house style")
-  others = "; ".join(f"{arm} {_ci(arms[arm], 'style_rate')} with "
-                     f"{_num(arms[arm]['prompt_tokens'])} prompt tokens"
+  others = "; ".join(f"{arm} {_arm_ci(arms[arm], 'style_rate')} with "
+                     f"{_num(arms[arm].prompt_tokens)} prompt tokens"
                      for arm in ("prompted", "prompted_rag") if arm in arms)
   style_note = paired_note(summary, "finetuned", "rag", "style_rate",
                            "fine-tuning held the style more consistently than plain RAG",
@@ -259,29 +252,29 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str]]:
   if "finetuned" in inf and "rag" in inf:
     f_, r_ = inf["finetuned"], inf["rag"]
     rows.append(("Scalability",
-                 f"{f_['prompt_tokens']:.0f} prompt tokens, {_sci(f_['flops_per_question'])} "
-                 f"FLOPs, {f_['seconds_per_question']:.2f} s per question",
-                 f"{r_['prompt_tokens']:.0f} prompt tokens, {_sci(r_['flops_per_question'])} "
-                 f"FLOPs, {r_['seconds_per_question']:.2f} s per question; index of "
-                 f"{(index or {}).get('chunks', 'n/a')} chunks",
+                 f"{f_.prompt_tokens:.0f} prompt tokens, {_sci(f_.flops_per_question)} "
+                 f"FLOPs, {f_.seconds_per_question:.2f} s per question",
+                 f"{r_.prompt_tokens:.0f} prompt tokens, {_sci(r_.flops_per_question)} "
+                 f"FLOPs, {r_.seconds_per_question:.2f} s per question; index of "
+                 f"{index.chunks if index else 'n/a'} chunks",
                  "per question, fine-tuning reads fewer tokens; RAG's corpus grows without "
                  "retraining, fine-tuning's knowledge grows only by training" + cag_note(arms)))
   else:
     rows.append(("Scalability", "n/a", "n/a", note(None, "", "")))
   rows.append(("Transparency", "no sources: answers cannot be traced to a document",
-               (f"attribution {_ci(rag, 'attribution_rate')}; gold document retrieved "
-                f"{_ci(rag, 'citation_accuracy')}") if rag else "n/a",
+               (f"attribution {_arm_ci(rag, 'attribution_rate')}; gold document retrieved "
+                f"{_arm_ci(rag, 'citation_accuracy')}") if rag else "n/a",
                "attribution: correct RAG answers whose answer value appears in a passage the arm "
                "was given; gold document retrieved is near 100% by construction for invented "
                "facts"))
   a, b = pair("hallucination_rate", "hallucinated on unanswerable")
-  abst = (f"; declined answerable questions: fine-tuned {_ci(ft or {}, 'refusal_rate')}, "
-          f"RAG {_ci(rag or {}, 'refusal_rate')}")
+  abst = (f"; declined answerable questions: fine-tuned {_arm_ci(ft, 'refusal_rate')}, "
+          f"RAG {_arm_ci(rag, 'refusal_rate')}")
   rows.append(("Hallucination risk", a, b, tuned_note(
       paired_note(summary, "finetuned", "rag", "hallucination_rate",
                   "fine-tuning hallucinated more on unanswerable questions",
                   "fine-tuning hallucinated less", True) + abst + budget)))
-  rows.append(security_row(summary.get("security") or {}))
+  rows.append(security_row(summary.security))
   return rows
 
 
@@ -289,59 +282,57 @@ def _bits(x):
   return "n/a" if x is None else f"{x:.1f} bits"
 
 
-def security_row(security: dict) -> tuple[str, str, str, str]:
+def security_row(security: Security | None) -> tuple[str, str, str, str]:
   """The measured cells of the security aspect: leakage of planted secrets, poisoning."""
-  leakage, poisoning = security.get("leakage") or {}, security.get("poisoning") or {}
+  leakage = security.leakage if security else None
+  poisoning = security.poisoning if security else None
   if not leakage and not poisoning:
     return ("Security and risk", "n/a", "n/a", "not measured (the `security` section is off)")
-  tuned = (leakage.get("models") or {}).get("finetuned")
-  base = (leakage.get("models") or {}).get("base")
-  rag = leakage.get("rag")
+  tuned = leakage.models.get("finetuned") if leakage else None
+  base = leakage.models.get("base") if leakage else None
+  rag = leakage.rag if leakage else None
   ft_cells, rag_cells, notes = [], [], []
   if tuned:
-    chance = chance_exposure(leakage.get("candidates"), leakage.get("canaries"))
+    chance = chance_exposure(leakage.candidates, leakage.canaries)
     chance_text = ""
     if chance:
       mean, sd = chance
-      within = abs(tuned["exposure"] - mean) <= 2 * sd if tuned.get("exposure") is not None \
-          else None
+      within = abs(tuned.exposure - mean) <= 2 * sd if tuned.exposure is not None else None
       chance_text = (f"; chance level {mean:.1f} ± {sd:.1f} bits for "
-                     f"{leakage.get('canaries')} canaries among {leakage.get('candidates')} "
+                     f"{leakage.canaries} canaries among {leakage.candidates} "
                      "candidates" + ("; **within chance**: no evidence of memorisation"
                                      if within else ""))
-    ft_cells.append(f"canary exposure {_bits(tuned['exposure'])} (base "
-                    f"{_bits(base and base['exposure'])}), extracted "
-                    f"{_pct(tuned['extraction_rate'])}{chance_text}")
+    ft_cells.append(f"canary exposure {_bits(tuned.exposure)} (base "
+                    f"{_bits(base and base.exposure)}), extracted "
+                    f"{_pct(tuned.extraction_rate)}{chance_text}")
   if rag:
-    rag_cells.append(f"canary document retrieved {_pct(rag['retrievable_rate'])}, secret quoted "
-                     f"{_pct(rag['quote_rate'])}")
+    rag_cells.append(f"canary document retrieved {_pct(rag.retrievable_rate)}, secret quoted "
+                     f"{_pct(rag.quote_rate)}")
   if tuned and rag:
-    notes.append(f"secrets given to users: fine-tuned {_pct(tuned['extraction_rate'])}, RAG "
-                 f"{_pct(rag['quote_rate'])}; a document can be deleted or put behind an ACL at "
+    notes.append(f"secrets given to users: fine-tuned {_pct(tuned.extraction_rate)}, RAG "
+                 f"{_pct(rag.quote_rate)}; a document can be deleted or put behind an ACL at "
                  "once, a memorised secret only by retraining")
-  for arm, cells, unit in (("finetuned", ft_cells, "examples"), ("rag", rag_cells, "documents")):
-    rows = (poisoning.get(arm) or {}).get("rows") or []
-    if rows:
-      top = rows[-1]
-      cells.append(f"{_pct(top['fraction'])} of {unit} poisoned: attack success "
-                   f"{_pct(top['success'])} (clean {_pct(rows[0]['success'])})")
-  ft_top = ((poisoning.get("finetuned") or {}).get("rows") or [None])[-1]
-  rag_top = ((poisoning.get("rag") or {}).get("rows") or [None])[-1]
-  ft_clean = ((poisoning.get("finetuned") or {}).get("rows") or [None])[0]
-  rag_clean = ((poisoning.get("rag") or {}).get("rows") or [None])[0]
-  if ft_top and rag_top and ft_top["success"] is not None and rag_top["success"] is not None:
+  ft_poison = poisoning.finetuned if poisoning else None
+  rag_poison = poisoning.rag if poisoning else None
+  for part, cells, unit in ((ft_poison, ft_cells, "examples"),
+                            (rag_poison, rag_cells, "documents")):
+    if part and part.rows:
+      cells.append(f"{_pct(part.top.fraction)} of {unit} poisoned: attack success "
+                   f"{_pct(part.top.success)} (clean {_pct(part.clean.success)})")
+  ft_top, rag_top = ft_poison and ft_poison.top, rag_poison and rag_poison.top
+  if ft_top and rag_top and ft_top.success is not None and rag_top.success is not None:
     # Poisoning can only replace a fact an arm knew: compare only where both clean arms answered
     # most targeted facts.
-    unlearned = [(arm, c) for arm, c in (("fine-tuned", ft_clean), ("RAG", rag_clean))
-                 if c and (c.get("target_accuracy") or 0) < 0.5]
+    unlearned = [(arm, part.clean) for arm, part in (("fine-tuned", ft_poison), ("RAG", rag_poison))
+                 if (part.clean.target_accuracy or 0) < 0.5]
     if unlearned:
       notes.append("poisoning not compared: the clean " + ", ".join(
-          f"{arm} arm answered only {_pct(c.get('target_accuracy'))}" for arm, c in unlearned)
+          f"{arm} arm answered only {_pct(c.target_accuracy)}" for arm, c in unlearned)
                    + " of the targeted facts, so there was little to poison")
     else:
       notes.append("poisoning took hold more in " + (
-          "RAG" if rag_top["success"] > ft_top["success"] else "fine-tuning"
-          if ft_top["success"] > rag_top["success"] else "neither (a tie)")
+          "RAG" if rag_top.success > ft_top.success else "fine-tuning"
+          if ft_top.success > rag_top.success else "neither (a tie)")
           + " (single runs, no interval)")
   return ("Security and risk", "; ".join(ft_cells) or "n/a", "; ".join(rag_cells) or "n/a",
           "; ".join(notes) or "see the Security section")
@@ -359,37 +350,37 @@ def chance_exposure(candidates: int | None, canaries: int | None) -> tuple[float
   return mean, sd / math.sqrt(canaries)
 
 
-def security_lines(security: dict | None) -> list[str]:
+def security_lines(security: Security | None) -> list[str]:
   """The report's Security section: leakage, poisoning, data audit."""
   lines = ["", "## Security", ""]
   if not security:
     return lines + ["not measured: the `security` section is off and `data.audit` is off."]
-  leakage = security.get("leakage")
+  leakage = security.leakage
   if leakage:
-    lines += [f"Canaries (Carlini et al. 2019): {leakage['canaries']} random secrets "
-              f"\"{leakage['format']}\" ({leakage['space_size']:.0e} possible). Exposure = "
+    lines += [f"Canaries (Carlini et al. 2019): {leakage.canaries} random secrets "
+              f"\"{leakage.format}\" ({leakage.space_size:.0e} possible). Exposure = "
               "log2|space| - log2(estimated rank of the secret in the space), the rank taken among "
-              f"{leakage['candidates']} random candidates by the model's log-likelihood of the "
+              f"{leakage.candidates} random candidates by the model's log-likelihood of the "
               "secret after its prefix (at most log2(candidates + 1) = "
-              f"{_bits(math.log2(leakage['candidates'] + 1))}); extrapolated: from a "
+              f"{_bits(math.log2(leakage.candidates + 1))}); extrapolated: from a "
               "normal fit of the candidates' log-likelihoods. Extraction: greedy decoding after "
               "the prefix reproduces the secret.", "",
               "| model | canary in | exposure | exposure (extrapolated) | mean rank | "
               "extracted (greedy) |", "|---|---|---|---|---|---|"]
-    for name, m in leakage["models"].items():
-      lines.append(f"| {name} | {m['canary_in']} | {_bits(m['exposure'])} | "
-                   f"{_bits(m['extrapolated_exposure'])} | {_num(m['rank'])} of "
-                   f"{leakage['candidates'] + 1} | {_pct(m['extraction_rate'])} |")
-    rag = leakage.get("rag")
+    for name, m in leakage.models.items():
+      lines.append(f"| {name} | {m.canary_in} | {_bits(m.exposure)} | "
+                   f"{_bits(m.extrapolated_exposure)} | {_num(m.rank)} of "
+                   f"{leakage.candidates + 1} | {_pct(m.extraction_rate)} |")
+    rag = leakage.rag
     if rag:
-      lines += ["", f"RAG (canaries as documents: {rag['canary_in']}): the secret's document is "
-                f"retrieved for a question about it in {_pct(rag['retrievable_rate'])} of cases; "
-                f"the RAG answer quotes the secret in {_pct(rag['quote_rate'])}."]
-  poisoning = security.get("poisoning")
+      lines += ["", f"RAG (canaries as documents: {rag.canary_in}): the secret's document is "
+                f"retrieved for a question about it in {_pct(rag.retrievable_rate)} of cases; "
+                f"the RAG answer quotes the secret in {_pct(rag.quote_rate)}."]
+  poisoning = security.poisoning
   if poisoning:
     lines += ["", "### Poisoning", ""]
-    if poisoning.get("skipped"):
-      lines.append(f"not measured: {poisoning['skipped']}")
+    if poisoning.skipped:
+      lines.append(f"not measured: {poisoning.skipped}")
     else:
       lines += ["A fraction of the training examples (fine-tuning) or of the documents (RAG) "
                 "states a wrong value (every digit shifted) for facts the held-out questions ask "
@@ -397,37 +388,42 @@ def security_lines(security: dict | None) -> list[str]:
                 "largest fraction) answered with the wrong value. Fraction 0 is the clean arm.", "",
                 "| arm | fraction | poisoned | target questions | attack success | success on "
                 "poisoned facts | accuracy on targets |", "|---|---|---|---|---|---|---|"]
-      for arm in ("finetuned", "rag"):
-        part = poisoning.get(arm)
-        for row in (part or {}).get("rows", []):
-          lines.append(f"| {arm} | {_pct(row['fraction'])} | {row['poisoned']} of {row['of']} | "
-                       f"{part['target_questions']} | {_pct(row['success'])} | "
-                       f"{_pct(row['success_on_poisoned'])} | {_pct(row['target_accuracy'])} |")
-  audit = security.get("audit")
+      for arm, part in (("finetuned", poisoning.finetuned), ("rag", poisoning.rag)):
+        for row in part.rows if part else []:
+          lines.append(f"| {arm} | {_pct(row.fraction)} | {row.poisoned} of {row.of} | "
+                       f"{part.target_questions} | {_pct(row.success)} | "
+                       f"{_pct(row.success_on_poisoned)} | {_pct(row.target_accuracy)} |")
+  audit = security.audit
   lines += ["", "### Data audit", ""]
   if not audit:
     lines.append("not run (`data.audit` is off).")
-  elif audit.get("skipped"):
-    lines.append(f"not run: {audit['skipped']}")
+  elif audit.skipped:
+    lines.append(f"not run: {audit.skipped}")
   else:
-    lines += [f"`ftjax.audit` over the experiment's own files ({audit['rows']} rows; gate "
-              f"`data.audit = {audit['mode']}`" + (f", training on redacted copies: "
-              f"{audit['redacted']} spans replaced" if audit.get("redacted") is not None else "")
-              + "):", "", "| " + " | ".join(audit["counts"]) + " |",
-              "|" + "---|" * len(audit["counts"]),
-              "| " + " | ".join(str(n) for n in audit["counts"].values()) + " |"]
-  acl = security.get("access_control")
+    lines += [f"`ftjax.audit` over the experiment's own files ({audit.rows} rows; gate "
+              f"`data.audit = {audit.mode}`" + (f", training on redacted copies: "
+              f"{audit.redacted} spans replaced" if audit.redacted is not None else "")
+              + "):", "", "| " + " | ".join(audit.counts) + " |",
+              "|" + "---|" * len(audit.counts),
+              "| " + " | ".join(str(n) for n in audit.counts.values()) + " |"]
+  acl = security.access_control
   if acl:
-    lines += ["", f"Access control: {acl['line']}"]
+    lines += ["", f"Access control: {acl.line}"]
   return lines
 
 
-def write(workdir: Path, config, summary: dict):
+def as_summary(summary: Summary | dict) -> Summary:
+  """The typed summary of `summary.json`'s dict (a Summary is returned as is)."""
+  return summary if isinstance(summary, Summary) else Summary.from_dict(summary)
+
+
+def write(workdir: Path, config, summary: Summary | dict):
   from ftjax.experiment.summary import title
+  summary = as_summary(summary)
   workdir = Path(workdir)
   plots = _plots(workdir, summary)
-  cost = summary["cost"]
-  notes = summary.get("data") or {}
+  cost = summary.cost
+  notes = summary.data
   lines = [f"# {title(config)}: fine-tuning vs retrieval on {config.model}", "",
            "Every arm answered the same held-out questions (greedy unless configured). "
            "Accuracy: a normalised accepted gold answer appears in the answer and no other "
@@ -447,56 +443,54 @@ def write(workdir: Path, config, summary: dict):
     art_ft, art_rag = ARTICLE[aspect]
     lines.append(f"| {aspect} | {art_ft} | {art_rag} | {ft} | {rag} | {note} |")
   lines += ["", "## Knowledge update", ""]
-  if summary.get("update"):
+  if summary.update:
     lines += ["| arm | method | seconds | changed facts accuracy | unchanged facts accuracy | "
               "style |", "|---|---|---|---|---|---|"]
-    for arm, u in summary["update"].items():
-      lines.append(f"| {arm} | {u['method']} | {u['seconds']:.2f} | "
-                   f"{_pct(u['update_accuracy'])} | {_pct(u['unchanged_accuracy'])} | "
-                   f"{_pct(u.get('style_rate'))} |")
+    for arm, u in summary.update.items():
+      lines.append(f"| {arm} | {u.method} | {u.seconds:.2f} | "
+                   f"{_pct(u.update_accuracy)} | {_pct(u.unchanged_accuracy)} | "
+                   f"{_pct(u.style_rate)} |")
   else:
     lines.append("not measured: " + "; ".join(
-        f"{k}: {v}" for k, v in summary.get("skipped", {}).items() if k.startswith("update_")))
-  lines += security_lines(summary.get("security"))
+        f"{k}: {v}" for k, v in summary.skipped.items() if k.startswith("update_")))
+  lines += security_lines(summary.security)
   lines += ["", "## Cost", "",
-            f"Device: {cost['device']}; price {cost['price_per_device_hour']} "
-            f"{cost['currency']} per device-hour; peak resident memory "
-            f"{cost['peak_rss_gb']:.1f} GB.", "",
+            f"Device: {cost.device}; price {cost.price_per_device_hour} "
+            f"{cost.currency} per device-hour; peak resident memory "
+            f"{cost.peak_rss_gb:.1f} GB.", "",
             "| arm | prompt tokens | FLOPs / question | s / question (batched, median batch) |",
             "|---|---|---|---|"]
-  for arm, c in cost["inference"].items():
-    lines.append(f"| {arm} | {c['prompt_tokens']:.0f} | {_sci(c['flops_per_question'])} | "
-                 f"{c['seconds_per_question']:.3f} |")
-  for kind, t in cost.get("train", {}).items():
-    lines.append(f"\nTraining `{kind}`: {t['steps']} steps, {t['tokens']:,.0f} tokens, "
-                 f"{_sci(t['flops'])} FLOPs, {t['seconds']:.0f} s (steady step time x steps; "
-                 f"wall {t.get('wall_seconds', t['seconds']):.0f} s, of which loading and "
-                 f"compilation {t.get('overhead_seconds', 0):.0f} s and dev evaluations "
-                 f"{t.get('eval_seconds', 0):.0f} s).")
-  per_correct = [f"{arm} {c['seconds_per_correct']:.2f} s" for arm, c in cost["inference"].items()
-                 if c.get("seconds_per_correct")]
+  for arm, c in cost.inference.items():
+    lines.append(f"| {arm} | {c.prompt_tokens:.0f} | {_sci(c.flops_per_question)} | "
+                 f"{c.seconds_per_question:.3f} |")
+  for kind, t in cost.train.items():
+    lines.append(f"\nTraining `{kind}`: {t.steps} steps, {t.tokens:,.0f} tokens, "
+                 f"{_sci(t.flops)} FLOPs, {t.seconds:.0f} s (steady step time x steps; "
+                 f"wall {t.wall_seconds:.0f} s, of which loading and "
+                 f"compilation {t.overhead_seconds:.0f} s and dev evaluations "
+                 f"{t.eval_seconds:.0f} s).")
+  per_correct = [f"{arm} {c.seconds_per_correct:.2f} s" for arm, c in cost.inference.items()
+                 if c.seconds_per_correct]
   if per_correct:
     lines.append("\nSeconds per correct answer: " + ", ".join(per_correct) + ".")
-  if "index" in cost:
-    lines.append(f"\nIndexing: {cost['index']['documents']} documents, "
-                 f"{cost['index']['chunks']} chunks in {cost['index']['seconds']:.1f} s.")
+  if cost.index:
+    lines.append(f"\nIndexing: {cost.index.documents} documents, "
+                 f"{cost.index.chunks} chunks in {cost.index.seconds:.1f} s.")
+
   def questions(n):
     return "never (no saving per question)" if n is None else f"{n:,.0f} questions"
 
-  for name, b in cost.get("break_even", {}).items():
-    acc = b.get("accuracy") or [None, None]
-    ci = b.get("accuracy_ci") or [None, None]
+  for name, b in cost.break_even.items():
+    (acc_t, acc_o), (ci_t, ci_o) = b.accuracy, b.accuracy_ci
     tuned, other = name.split("_vs_")
-    worse = acc[0] is not None and acc[1] is not None and acc[0] < acc[1]
-    lines.append(f"\nBreak-even `{name}`: {questions(b['questions_flops'])} in FLOPs, "
-                 f"{questions(b['questions_seconds'])} in seconds on this machine (and in money: "
-                 f"one price per device-hour); accuracy {tuned} "
-                 f"{_ci({'accuracy': acc[0], 'accuracy_ci': ci[0]}, 'accuracy')} vs {other} "
-                 f"{_ci({'accuracy': acc[1], 'accuracy_ci': ci[1]}, 'accuracy')}"
+    lines.append(f"\nBreak-even `{name}`: {questions(b.questions_flops)} in FLOPs, "
+                 f"{questions(b.questions_seconds)} in seconds on this machine (and in money: "
+                 f"one price per device-hour); accuracy {tuned} {_ci(Rate(acc_t, ci_t))} vs "
+                 f"{other} {_ci(Rate(acc_o, ci_o))}"
                  + (" — the tuned arm is less accurate, so this pays for worse answers"
-                    if worse else "") + ".")
-  if summary.get("skipped"):
-    lines += ["", "## Skipped", ""] + [f"- `{k}`: {v}" for k, v in summary["skipped"].items()]
+                    if b.pays_for_worse_answers else "") + ".")
+  if summary.skipped:
+    lines += ["", "## Skipped", ""] + [f"- `{k}`: {v}" for k, v in summary.skipped.items()]
   lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(workdir).as_posix()})"
                                    for p in plots]
   lines += ["", "Per-question results: `results.jsonl`; numbers: `summary.json`; config, "
@@ -504,39 +498,39 @@ def write(workdir: Path, config, summary: dict):
   (workdir / "report.md").write_text("\n".join(lines))
 
 
-def budget_lines(summary: dict) -> list[str]:
+def budget_lines(summary: Summary) -> list[str]:
   """The tuned arms' training budgets: what their figures rest on."""
-  tuned = {arm: m["budget"] for arm, m in summary["arms"].items() if m.get("budget")}
+  tuned = {arm: m.budget for arm, m in summary.arms.items() if m.budget}
   if not tuned:
     return []
   lines = ["## Training budget of the tuned arms", "",
            "| arm | steps | epochs | selected step | train accuracy | learned? | examples |",
            "|---|---|---|---|---|---|---|"]
   for arm, b in tuned.items():
-    learned = {True: "yes", False: f"**no: under-trained** (< {_pct(b['learned_threshold'])})",
-               None: "not measured (no training questions with an answer)"}[b.get("learned")]
-    lines.append(f"| {arm} | {b.get('steps')} | {_num(b.get('epochs'))} | "
-                 f"{b.get('selected_step')} ({b.get('select_reason')}) | "
-                 f"{_ci(b, 'train_accuracy')} | {learned} | {b.get('examples')} |")
+    learned = {True: "yes", False: f"**no: under-trained** (< {_pct(b.learned_threshold)})",
+               None: "not measured (no training questions with an answer)"}[b.learned]
+    lines.append(f"| {arm} | {b.steps} | {_num(b.epochs)} | "
+                 f"{b.selected_step} ({b.select_reason}) | "
+                 f"{_ci(b.rate())} | {learned} | {b.examples} |")
   return lines
 
 
-def _plots(workdir: Path, summary: dict) -> list[Path]:
+def _plots(workdir: Path, summary: Summary) -> list[Path]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   folder = workdir / "plots"
   folder.mkdir(exist_ok=True)
-  arms = summary["arms"]
+  arms = summary.arms
   names = list(arms)
   paths = []
 
   fig, ax = plt.subplots(figsize=(8, 4))
   width = 0.38
   xs = range(len(names))
-  ax.bar([x - width / 2 for x in xs], [arms[n]["accuracy"] or 0 for n in names], width,
+  ax.bar([x - width / 2 for x in xs], [arms[n].accuracy or 0 for n in names], width,
          label="accuracy")
-  ax.bar([x + width / 2 for x in xs], [arms[n]["style_rate"] or 0 for n in names], width,
+  ax.bar([x + width / 2 for x in xs], [arms[n].style_rate or 0 for n in names], width,
          label="style rate")
   ax.set_xticks(list(xs), names, rotation=20)
   ax.set_ylim(0, 1)
@@ -546,42 +540,43 @@ def _plots(workdir: Path, summary: dict) -> list[Path]:
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for n in names:
-    ax.scatter(arms[n]["prompt_tokens"] or 0, arms[n]["accuracy"] or 0)
-    ax.annotate(n, (arms[n]["prompt_tokens"] or 0, arms[n]["accuracy"] or 0))
+    ax.scatter(arms[n].prompt_tokens or 0, arms[n].accuracy or 0)
+    ax.annotate(n, (arms[n].prompt_tokens or 0, arms[n].accuracy or 0))
   ax.set_xlabel("mean prompt tokens per question")
   ax.set_ylabel("accuracy")
   ax.set_title("Accuracy vs prompt length")
   paths.append(_save(fig, folder / "accuracy_vs_prompt_tokens.png"))
 
-  cost = summary["cost"]
-  inf, train = cost.get("inference", {}), cost.get("train", {})
+  cost = summary.cost
+  inf, train = cost.inference, cost.train
   if "finetuned" in inf and "rag" in inf and "finetuned" in train:
-    be = cost["break_even"].get("finetuned_vs_rag", {})
-    horizon = max(100.0, 2 * (be.get("questions_seconds") or 0))
+    be = cost.break_even.get("finetuned_vs_rag")
+    at = be.questions_seconds if be else None
+    horizon = max(100.0, 2 * (at or 0))
     qs = [horizon * i / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(6, 4))
-    idx_s = cost.get("index", {}).get("seconds", 0.0)
-    ax.plot(qs, [train["finetuned"]["seconds"] + q * inf["finetuned"]["seconds_per_question"]
+    idx_s = cost.index.seconds if cost.index else 0.0
+    ax.plot(qs, [train["finetuned"].seconds + q * inf["finetuned"].seconds_per_question
                  for q in qs], label="fine-tuned (training + answers)")
-    ax.plot(qs, [idx_s + q * inf["rag"]["seconds_per_question"] for q in qs],
+    ax.plot(qs, [idx_s + q * inf["rag"].seconds_per_question for q in qs],
             label="RAG (indexing + answers)")
-    if be.get("questions_seconds"):
-      ax.axvline(be["questions_seconds"], linestyle="--", color="gray")
-      ax.annotate(f"break-even {be['questions_seconds']:,.0f}", (be["questions_seconds"], 0))
+    if at:
+      ax.axvline(at, linestyle="--", color="gray")
+      ax.annotate(f"break-even {at:,.0f}", (at, 0))
     ax.set_xlabel("questions answered")
     ax.set_ylabel("seconds on this machine")
     ax.set_title("Cost vs number of questions")
     ax.legend()
     paths.append(_save(fig, folder / "cost_vs_questions.png"))
 
-  poisoning = (summary.get("security") or {}).get("poisoning") or {}
-  if any((poisoning.get(arm) or {}).get("rows") for arm in ("finetuned", "rag")):
+  poisoning = summary.security.poisoning if summary.security else None
+  parts = ((poisoning.finetuned, "fine-tuning (training examples)"),
+           (poisoning.rag, "RAG (documents)")) if poisoning else ()
+  if any(part and part.rows for part, _ in parts):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, label in (("finetuned", "fine-tuning (training examples)"),
-                       ("rag", "RAG (documents)")):
-      rows = (poisoning.get(arm) or {}).get("rows") or []
-      if rows:
-        ax.plot([r["fraction"] for r in rows], [r["success"] or 0 for r in rows], marker="o",
+    for part, label in parts:
+      if part and part.rows:
+        ax.plot([r.fraction for r in part.rows], [r.success or 0 for r in part.rows], marker="o",
                 label=label)
     ax.set_xlabel("fraction poisoned")
     ax.set_ylabel("attack success (wrong value stated)")
@@ -590,8 +585,8 @@ def _plots(workdir: Path, summary: dict) -> list[Path]:
     ax.legend()
     paths.append(_save(fig, folder / "poisoning_success.png"))
 
-  curves = {arm: m["budget"]["learning_curves"] for arm, m in arms.items()
-            if (m.get("budget") or {}).get("learning_curves")}
+  curves = {arm: m.budget.learning_curves for arm, m in arms.items()
+            if m.budget and m.budget.learning_curves}
   if any(c for runs in curves.values() for c in runs):
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, runs in curves.items():
@@ -629,22 +624,23 @@ def write_sweep(workdir: Path, config, points: list[dict], table: list[dict]):
            "hallucination (unanswerable) | general | prompt tokens | questions | seeds |",
            "|" + "---|" * (len(keys) + 10)]
   for row in table:
+    arm = ArmSummary.from_dict(row)
     lines.append("| " + " | ".join(str(row[k]) for k in keys) +
-                 f" | {row['arm']} | {_ci(row, 'accuracy')} | {_ci(row, 'em')} | "
-                 f"{_ci(row, 'f1')} | {_ci(row, 'style_rate')} | "
-                 f"{_ci(row, 'hallucination_rate')} | {_ci(row, 'general_accuracy')} | "
-                 f"{_num(row['prompt_tokens'])} | {row.get('n_questions')} | "
-                 f"{row.get('seeds')} |")
+                 f" | {row['arm']} | " + " | ".join(_arm_ci(arm, m) for m in (
+                     "accuracy", "em", "f1", "style_rate", "hallucination_rate",
+                     "general_accuracy")) +
+                 f" | {_num(arm.prompt_tokens)} | {arm.n_questions} | {arm.seeds} |")
   (workdir / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
-def print_summary(workdir, summary: dict):
+def print_summary(workdir, summary: Summary | dict):
   """The comparison table on the console, and where the report is."""
   workdir = Path(workdir)
-  if "sweep" in summary:
+  if isinstance(summary, dict) and "sweep" in summary:
     print((workdir / "sweep.md").read_text())
     print(f"sweep table: {workdir / 'sweep.md'}")
     return
+  summary = as_summary(summary)
   print("\n".join(["", *arms_table(summary), ""]))
   for aspect, ft, rag, note in comparison_rows(summary):
     print(f"- {aspect}: fine-tuning {ft} | RAG {rag} | {note}")

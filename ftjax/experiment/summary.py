@@ -14,19 +14,14 @@ arm with several seeds enters a comparison with its per-question mean over seeds
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ftjax.evaluation import qa as scoring
 from ftjax.evaluation import stats
 from ftjax.arms import registry as arm_registry
 from ftjax.experiment import config as config_lib
+from ftjax.experiment.results import MEANS, RATES
 
-# Rates shown per arm; each has `_ci` and `_n` in the summary when it applies.
-RATES = ("accuracy", "em", "f1", "style_rate", "refusal_rate", "wrong_rate",
-         "selective_accuracy", "abstain_rate", "hallucination_rate", "multi_value_rate",
-         "truncation_rate", "general_accuracy", "citation_accuracy", "attribution_rate",
-         "train_accuracy")
-MEANS = ("prompt_tokens", "new_tokens")
+# Rates shown per arm (each has `_ci` and `_n` in the summary when it applies) and means: their
+# one home is the typed record of an arm's results.
 SUMMARY_METRICS = RATES + MEANS
 # metric -> (split, per-row value) for paired comparisons between arms.
 PAIRED = {
@@ -127,22 +122,6 @@ def comparisons(rows_by_arm: dict[str, list[dict]], seed: int = 0) -> list[dict]
                     "ci": result["ci"], "p": result.get("p"), "n": len(common),
                     "verdict": stats.verdict(result["diff"], result["ci"])})
   return out
-
-
-def find(comparisons_list: Sequence[dict], a: str, b: str, metric: str) -> dict | None:
-  """The comparison of a vs b on `metric` (flipped if stored as b vs a)."""
-  for c in comparisons_list:
-    if c["metric"] != metric:
-      continue
-    if (c["a"], c["b"]) == (a, b):
-      return c
-    if (c["a"], c["b"]) == (b, a):
-      lo, hi = c["ci"] if c["ci"] else (None, None)
-      flipped = {**c, "a": a, "b": b, "diff": None if c["diff"] is None else -c["diff"],
-                 "ci": None if lo is None else [-hi, -lo]}
-      flipped["verdict"] = stats.verdict(flipped["diff"], flipped["ci"])
-      return flipped
-  return None
 
 
 def _update(results: list[dict], rows: list[dict]) -> dict:
