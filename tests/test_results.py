@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftjax.experiment import report
+from ftjax.experiment import formatting
 from ftjax.experiment.results import (ArmSummary, BreakEven, Comparison, Rate, Summary, find)
 
 
@@ -33,8 +33,8 @@ def test_an_arm_reads_its_flat_rates_back_as_one_rate_each():
   assert arm.rate("accuracy") == Rate(0.5, [0.3, 0.7], 20, 0.1, 2)
   assert arm.rate("em") == Rate(None, None, None, None, 2)
   assert arm.latency_s.p95 == 2.0 and arm.budget is None
-  assert report._ci(arm.rate("accuracy")) == "50.0% ± 10.0% [30-70]"
-  assert report._ci(arm.rate("em")) == "n/a"
+  assert formatting.ci(arm.rate("accuracy")) == "50.0% ± 10.0% [30-70]"
+  assert formatting.ci(arm.rate("em")) == "n/a"
   out = arm.to_dict()
   assert {k: out[k] for k in d} == d and out["em"] is None
 

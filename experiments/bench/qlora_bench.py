@@ -70,8 +70,10 @@ def main():
           f"{p['step_seconds']:.2f} | {m['step_seconds']:.2f} | "
           f"{m['losses'][0]:.3f} -> {m['losses'][-1]:.3f} |")
   if args.out:
+    from ftjax import provenance
     Path(args.out).write_text(json.dumps({"argv": sys.argv, "load_average_start": load,
-                                          "rows": rows}, indent=2) + "\n")
+                                          "rows": rows, "provenance": provenance.record()},
+                                         indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

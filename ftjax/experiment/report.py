@@ -4,10 +4,16 @@ comparison table (../shared/reference/fine-tuning-vs-rag.txt) with every row mea
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from ftjax.experiment.results import (ArmSummary, Budget, Difference, Rate, Security, Summary)
+from ftjax.experiment.formatting import arm_ci as _arm_ci
+from ftjax.experiment.formatting import ci as _ci
+from ftjax.experiment.formatting import num as _num
+from ftjax.experiment.formatting import pct as _pct
+from ftjax.experiment.formatting import sci as _sci
+from ftjax.experiment.plots import write_plots
+from ftjax.experiment.results import ArmSummary, Budget, Difference, Rate, Summary
+from ftjax.experiment.security_report import security_lines, security_row
 
 ARTICLE = {  # aspect -> (fine-tuning, RAG), as the article states them
     "Initial cost": ("Very high", "Relatively low"),
@@ -24,35 +30,6 @@ ARTICLE = {  # aspect -> (fine-tuning, RAG), as the article states them
     "Security and risk": ("Can learn to disclose confidential training data; poisoned by bad "
                           "training data", "(not covered by the article)"),
 }
-
-
-def _pct(x):
-  return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x, fmt="{:,.1f}"):
-  return "n/a" if x is None else fmt.format(x)
-
-
-def _sci(x):
-  return "n/a" if x is None else f"{x:.2e}"
-
-
-def _ci(rate: Rate, fmt=_pct) -> str:
-  """"27.1% [16.6-41.2]": the value (mean over seeds, ± std across seeds when there are several)
-  with its 95% interval."""
-  if rate.value is None:
-    return "n/a"
-  text = fmt(rate.value)
-  if rate.seeds > 1 and rate.std is not None:
-    text += f" ± {fmt(rate.std)}"
-  if rate.ci and rate.ci[0] is not None:
-    text += f" [{100 * rate.ci[0]:.0f}-{100 * rate.ci[1]:.0f}]"
-  return text
-
-
-def _arm_ci(arm: ArmSummary | None, key: str) -> str:
-  return _ci(arm.rate(key)) if arm else "n/a"
 
 
 ARM_COLUMNS = (("accuracy", "accuracy"), ("em", "EM"), ("f1", "F1"), ("style_rate", "style"),
@@ -278,140 +255,6 @@ def comparison_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
   return rows
 
 
-def _bits(x):
-  return "n/a" if x is None else f"{x:.1f} bits"
-
-
-def security_row(security: Security | None) -> tuple[str, str, str, str]:
-  """The measured cells of the security aspect: leakage of planted secrets, poisoning."""
-  leakage = security.leakage if security else None
-  poisoning = security.poisoning if security else None
-  if not leakage and not poisoning:
-    return ("Security and risk", "n/a", "n/a", "not measured (the `security` section is off)")
-  tuned = leakage.models.get("finetuned") if leakage else None
-  base = leakage.models.get("base") if leakage else None
-  rag = leakage.rag if leakage else None
-  ft_cells, rag_cells, notes = [], [], []
-  if tuned:
-    chance = chance_exposure(leakage.candidates, leakage.canaries)
-    chance_text = ""
-    if chance:
-      mean, sd = chance
-      within = abs(tuned.exposure - mean) <= 2 * sd if tuned.exposure is not None else None
-      chance_text = (f"; chance level {mean:.1f} ± {sd:.1f} bits for "
-                     f"{leakage.canaries} canaries among {leakage.candidates} "
-                     "candidates" + ("; **within chance**: no evidence of memorisation"
-                                     if within else ""))
-    ft_cells.append(f"canary exposure {_bits(tuned.exposure)} (base "
-                    f"{_bits(base and base.exposure)}), extracted "
-                    f"{_pct(tuned.extraction_rate)}{chance_text}")
-  if rag:
-    rag_cells.append(f"canary document retrieved {_pct(rag.retrievable_rate)}, secret quoted "
-                     f"{_pct(rag.quote_rate)}")
-  if tuned and rag:
-    notes.append(f"secrets given to users: fine-tuned {_pct(tuned.extraction_rate)}, RAG "
-                 f"{_pct(rag.quote_rate)}; a document can be deleted or put behind an ACL at "
-                 "once, a memorised secret only by retraining")
-  ft_poison = poisoning.finetuned if poisoning else None
-  rag_poison = poisoning.rag if poisoning else None
-  for part, cells, unit in ((ft_poison, ft_cells, "examples"),
-                            (rag_poison, rag_cells, "documents")):
-    if part and part.rows:
-      cells.append(f"{_pct(part.top.fraction)} of {unit} poisoned: attack success "
-                   f"{_pct(part.top.success)} (clean {_pct(part.clean.success)})")
-  ft_top, rag_top = ft_poison and ft_poison.top, rag_poison and rag_poison.top
-  if ft_top and rag_top and ft_top.success is not None and rag_top.success is not None:
-    # Poisoning can only replace a fact an arm knew: compare only where both clean arms answered
-    # most targeted facts.
-    unlearned = [(arm, part.clean) for arm, part in (("fine-tuned", ft_poison), ("RAG", rag_poison))
-                 if (part.clean.target_accuracy or 0) < 0.5]
-    if unlearned:
-      notes.append("poisoning not compared: the clean " + ", ".join(
-          f"{arm} arm answered only {_pct(c.target_accuracy)}" for arm, c in unlearned)
-                   + " of the targeted facts, so there was little to poison")
-    else:
-      notes.append("poisoning took hold more in " + (
-          "RAG" if rag_top.success > ft_top.success else "fine-tuning"
-          if ft_top.success > rag_top.success else "neither (a tie)")
-          + " (single runs, no interval)")
-  return ("Security and risk", "; ".join(ft_cells) or "n/a", "; ".join(rag_cells) or "n/a",
-          "; ".join(notes) or "see the Security section")
-
-
-def chance_exposure(candidates: int | None, canaries: int | None) -> tuple[float, float] | None:
-  """Mean and spread of the exposure an untrained model gets by chance: a secret's rank uniform
-  among candidates + 1, exposure log2((C + 1) / rank), averaged over the canaries."""
-  if not candidates or not canaries:
-    return None
-  n = candidates + 1
-  values = [math.log2(n / r) for r in range(1, n + 1)]
-  mean = sum(values) / n
-  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-  return mean, sd / math.sqrt(canaries)
-
-
-def security_lines(security: Security | None) -> list[str]:
-  """The report's Security section: leakage, poisoning, data audit."""
-  lines = ["", "## Security", ""]
-  if not security:
-    return lines + ["not measured: the `security` section is off and `data.audit` is off."]
-  leakage = security.leakage
-  if leakage:
-    lines += [f"Canaries (Carlini et al. 2019): {leakage.canaries} random secrets "
-              f"\"{leakage.format}\" ({leakage.space_size:.0e} possible). Exposure = "
-              "log2|space| - log2(estimated rank of the secret in the space), the rank taken among "
-              f"{leakage.candidates} random candidates by the model's log-likelihood of the "
-              "secret after its prefix (at most log2(candidates + 1) = "
-              f"{_bits(math.log2(leakage.candidates + 1))}); extrapolated: from a "
-              "normal fit of the candidates' log-likelihoods. Extraction: greedy decoding after "
-              "the prefix reproduces the secret.", "",
-              "| model | canary in | exposure | exposure (extrapolated) | mean rank | "
-              "extracted (greedy) |", "|---|---|---|---|---|---|"]
-    for name, m in leakage.models.items():
-      lines.append(f"| {name} | {m.canary_in} | {_bits(m.exposure)} | "
-                   f"{_bits(m.extrapolated_exposure)} | {_num(m.rank)} of "
-                   f"{leakage.candidates + 1} | {_pct(m.extraction_rate)} |")
-    rag = leakage.rag
-    if rag:
-      lines += ["", f"RAG (canaries as documents: {rag.canary_in}): the secret's document is "
-                f"retrieved for a question about it in {_pct(rag.retrievable_rate)} of cases; "
-                f"the RAG answer quotes the secret in {_pct(rag.quote_rate)}."]
-  poisoning = security.poisoning
-  if poisoning:
-    lines += ["", "### Poisoning", ""]
-    if poisoning.skipped:
-      lines.append(f"not measured: {poisoning.skipped}")
-    else:
-      lines += ["A fraction of the training examples (fine-tuning) or of the documents (RAG) "
-                "states a wrong value (every digit shifted) for facts the held-out questions ask "
-                "about; attack success: the share of those questions (the facts poisoned at the "
-                "largest fraction) answered with the wrong value. Fraction 0 is the clean arm.", "",
-                "| arm | fraction | poisoned | target questions | attack success | success on "
-                "poisoned facts | accuracy on targets |", "|---|---|---|---|---|---|---|"]
-      for arm, part in (("finetuned", poisoning.finetuned), ("rag", poisoning.rag)):
-        for row in part.rows if part else []:
-          lines.append(f"| {arm} | {_pct(row.fraction)} | {row.poisoned} of {row.of} | "
-                       f"{part.target_questions} | {_pct(row.success)} | "
-                       f"{_pct(row.success_on_poisoned)} | {_pct(row.target_accuracy)} |")
-  audit = security.audit
-  lines += ["", "### Data audit", ""]
-  if not audit:
-    lines.append("not run (`data.audit` is off).")
-  elif audit.skipped:
-    lines.append(f"not run: {audit.skipped}")
-  else:
-    lines += [f"`ftjax.audit` over the experiment's own files ({audit.rows} rows; gate "
-              f"`data.audit = {audit.mode}`" + (f", training on redacted copies: "
-              f"{audit.redacted} spans replaced" if audit.redacted is not None else "")
-              + "):", "", "| " + " | ".join(audit.counts) + " |",
-              "|" + "---|" * len(audit.counts),
-              "| " + " | ".join(str(n) for n in audit.counts.values()) + " |"]
-  acl = security.access_control
-  if acl:
-    lines += ["", f"Access control: {acl.line}"]
-  return lines
-
-
 def as_summary(summary: Summary | dict) -> Summary:
   """The typed summary of `summary.json`'s dict (a Summary is returned as is)."""
   return summary if isinstance(summary, Summary) else Summary.from_dict(summary)
@@ -421,7 +264,7 @@ def write(workdir: Path, config, summary: Summary | dict):
   from ftjax.experiment.summary import title
   summary = as_summary(summary)
   workdir = Path(workdir)
-  plots = _plots(workdir, summary)
+  plots = write_plots(workdir, summary)
   cost = summary.cost
   notes = summary.data
   lines = [f"# {title(config)}: fine-tuning vs retrieval on {config.model}", "",
@@ -513,105 +356,6 @@ def budget_lines(summary: Summary) -> list[str]:
                  f"{b.selected_step} ({b.select_reason}) | "
                  f"{_ci(b.rate())} | {learned} | {b.examples} |")
   return lines
-
-
-def _plots(workdir: Path, summary: Summary) -> list[Path]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  folder = workdir / "plots"
-  folder.mkdir(exist_ok=True)
-  arms = summary.arms
-  names = list(arms)
-  paths = []
-
-  fig, ax = plt.subplots(figsize=(8, 4))
-  width = 0.38
-  xs = range(len(names))
-  ax.bar([x - width / 2 for x in xs], [arms[n].accuracy or 0 for n in names], width,
-         label="accuracy")
-  ax.bar([x + width / 2 for x in xs], [arms[n].style_rate or 0 for n in names], width,
-         label="style rate")
-  ax.set_xticks(list(xs), names, rotation=20)
-  ax.set_ylim(0, 1)
-  ax.set_title("Accuracy and house style by arm")
-  ax.legend()
-  paths.append(_save(fig, folder / "accuracy_style_by_arm.png"))
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for n in names:
-    ax.scatter(arms[n].prompt_tokens or 0, arms[n].accuracy or 0)
-    ax.annotate(n, (arms[n].prompt_tokens or 0, arms[n].accuracy or 0))
-  ax.set_xlabel("mean prompt tokens per question")
-  ax.set_ylabel("accuracy")
-  ax.set_title("Accuracy vs prompt length")
-  paths.append(_save(fig, folder / "accuracy_vs_prompt_tokens.png"))
-
-  cost = summary.cost
-  inf, train = cost.inference, cost.train
-  if "finetuned" in inf and "rag" in inf and "finetuned" in train:
-    be = cost.break_even.get("finetuned_vs_rag")
-    at = be.questions_seconds if be else None
-    horizon = max(100.0, 2 * (at or 0))
-    qs = [horizon * i / 100 for i in range(101)]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    idx_s = cost.index.seconds if cost.index else 0.0
-    ax.plot(qs, [train["finetuned"].seconds + q * inf["finetuned"].seconds_per_question
-                 for q in qs], label="fine-tuned (training + answers)")
-    ax.plot(qs, [idx_s + q * inf["rag"].seconds_per_question for q in qs],
-            label="RAG (indexing + answers)")
-    if at:
-      ax.axvline(at, linestyle="--", color="gray")
-      ax.annotate(f"break-even {at:,.0f}", (at, 0))
-    ax.set_xlabel("questions answered")
-    ax.set_ylabel("seconds on this machine")
-    ax.set_title("Cost vs number of questions")
-    ax.legend()
-    paths.append(_save(fig, folder / "cost_vs_questions.png"))
-
-  poisoning = summary.security.poisoning if summary.security else None
-  parts = ((poisoning.finetuned, "fine-tuning (training examples)"),
-           (poisoning.rag, "RAG (documents)")) if poisoning else ()
-  if any(part and part.rows for part, _ in parts):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for part, label in parts:
-      if part and part.rows:
-        ax.plot([r.fraction for r in part.rows], [r.success or 0 for r in part.rows], marker="o",
-                label=label)
-    ax.set_xlabel("fraction poisoned")
-    ax.set_ylabel("attack success (wrong value stated)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Poisoning: attack success vs fraction")
-    ax.legend()
-    paths.append(_save(fig, folder / "poisoning_success.png"))
-
-  curves = {arm: m.budget.learning_curves for arm, m in arms.items()
-            if m.budget and m.budget.learning_curves}
-  if any(c for runs in curves.values() for c in runs):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, runs in curves.items():
-      for seed, curve in enumerate(runs):
-        if not curve:
-          continue
-        steps = [p["step"] for p in curve]
-        for key, style in (("train_accuracy", "-"), ("dev_accuracy", "--")):
-          ax.plot(steps, [p[key] if p[key] is not None else float("nan") for p in curve],
-                  style, marker="o", label=f"{arm} s{seed} {key.split('_')[0]}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("accuracy (generation)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Train and dev accuracy while training")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "learning_curves.png"))
-  return paths
-
-
-def _save(fig, path: Path) -> Path:
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  import matplotlib.pyplot as plt
-  plt.close(fig)
-  return path
 
 
 def write_sweep(workdir: Path, config, points: list[dict], table: list[dict]):
