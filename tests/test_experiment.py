@@ -322,7 +322,8 @@ def test_unknown_key_names_it():
 def test_training_data_composition(domain, tmp_path):
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.stages import Context, Progress, finetune_examples, raft_examples
+  from ftjax.experiment.context import Context, Progress
+  from ftjax.experiment.train_stages import finetune_examples, raft_examples
   from ftjax.prompts import render_rag_prompt
   config = tiny_config("m", domain)
   data = data_lib.load(config.data)
@@ -356,8 +357,9 @@ def test_raft_as_published(domain, tmp_path, monkeypatch):
   prompt holds the question's own document among N distractors."""
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.stages import (Context, Progress, index_stage, make_oracle_search,
-                                       open_index, raft_examples)
+  from ftjax.experiment.answering import index_stage, make_oracle_search, open_index
+  from ftjax.experiment.context import Context, Progress
+  from ftjax.experiment.train_stages import raft_examples
   config = tiny_config("m", domain)
   config.raft.oracle_fraction = 1.0
   config.raft.num_distractors = 1
@@ -380,10 +382,10 @@ def test_raft_as_published(domain, tmp_path, monkeypatch):
 
   # The distractor is the retriever's best hit from another document: with a retriever that
   # ranks the documents in a known order, RAFT picks the first that is not the oracle.
-  from ftjax.experiment import stages
+  from ftjax.experiment import train_stages
   from ftjax.retrieval.index import Passage
   order = ["d3", "d1", "d4", "d2"]
-  monkeypatch.setattr(stages, "search_fn", lambda ctx, index: lambda qs, k: [
+  monkeypatch.setattr(train_stages, "search_fn", lambda ctx, index: lambda qs, k: [
       [Passage(d, d, texts[d], 1.0, r) for r, d in enumerate(order, 1)] for _ in qs])
   raft, _ = raft_examples(ctx, seed=0)
   for messages, question in zip(raft, questions):
@@ -431,7 +433,8 @@ def test_cag_corpus_fraction_and_usable_context(tiny_llama_folder, domain, tmp_p
   import dataclasses
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.stages import Context, Progress, cag_docs
+  from ftjax.experiment.answering import cag_docs
+  from ftjax.experiment.context import Context, Progress
   config = tiny_config("m", domain)
   data = data_lib.load(config.data)
   extra = [dataclasses.replace(data.docs[0], doc_id=f"x{i}", text=f"Filler {i}.")
@@ -459,7 +462,8 @@ def test_paraphrases_from_a_file_and_filtered_when_generated(domain, tmp_path, m
   import ftjax.generation
   from ftjax.experiment import data as data_lib
   from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.stages import Context, Progress, finetune_data
+  from ftjax.experiment.context import Context, Progress
+  from ftjax.experiment.train_stages import finetune_data
   path = _write(tmp_path / "para.jsonl", [
       {"doc_id": "d1", "text": "For 41 dollars the Blorp lamp is yours; it glows green."}])
   config = tiny_config("m", domain, finetune_source="docs", **{"data.paraphrases": path})
@@ -543,7 +547,7 @@ def test_every_arm_declares_config_keys_that_exist():
   assert "style.instruction" in registry.reads(registry.get("prompted_rag"))
   assert "cag" in registry.reads(registry.get("cag"))
   # The training stages' keys are declared the same way.
-  from ftjax.experiment.stages import TRAIN_READS
+  from ftjax.experiment.train_stages import TRAIN_READS
   for kind, keys in TRAIN_READS.items():
     assert set(config_values(config, keys)) == set(keys), kind
   assert "raft" in TRAIN_READS["raft"] and "raft" not in TRAIN_READS["finetuned"]

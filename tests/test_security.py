@@ -14,7 +14,8 @@ from ftjax.experiment import data as data_lib
 from ftjax.experiment import run
 from ftjax.experiment import planting, security
 from ftjax.experiment.cache import StageCache
-from ftjax.experiment.stages import Context, Progress, finetune_examples
+from ftjax.experiment.context import Context, Progress
+from ftjax.experiment.train_stages import finetune_examples
 
 from test_experiment import FACTS, domain, tiny_config  # noqa: F401 (the module fixture)
 
@@ -102,7 +103,7 @@ def test_poisoning_places_exactly_the_configured_number_of_rows(domain, tmp_path
 def test_a_memorised_canary_has_higher_exposure_than_untrained(tiny_llama_folder, domain,
                                                                tmp_path):
   import ftjax
-  from ftjax.experiment import stages
+  from ftjax.experiment import train_stages
   ctx = _ctx(domain, tmp_path, **{"security.canaries": 1, "security.canary_share": 1.0,
                                   "security.canary_candidates": 31, "finetune.lora.enabled": False,
                                   "finetune.num_steps": 30, "finetune.seq_len": 64})
@@ -110,7 +111,7 @@ def test_a_memorised_canary_has_higher_exposure_than_untrained(tiny_llama_folder
   notes = [[{"role": "user", "content": "Any notes?"}, {"role": "assistant", "content": "Yes."}]]
   examples, _ = planting.plant(ctx, notes * 2)  # every row carries the canary
   (tmp_path / "trained").mkdir()
-  stages.train_run(ctx, tmp_path / "trained", examples, seed=0, label="canary")
+  train_stages.train_run(ctx, tmp_path / "trained", examples, seed=0, label="canary")
   base = security.canary_stage(ctx, "base", "untrained", ctx.base_model)["canaries"][0]
   tuned = security.canary_stage(ctx, "tuned", "trained",
                                 lambda: ftjax.load(tmp_path / "trained" / "run"))["canaries"][0]
@@ -211,7 +212,7 @@ def test_unknown_security_key_names_it(domain):
 
 
 def test_experiment_retrieval_and_cag_respect_the_callers_groups(domain, tmp_path):
-  from ftjax.experiment import stages
+  from ftjax.experiment import answering
   docs = tmp_path / "docs.jsonl"
   docs.write_text("".join(json.dumps({"id": i, "title": t, "text": x,
                                       **({"acl": ["staff"]} if i == "d4" else {})}) + "\n"
@@ -221,11 +222,11 @@ def test_experiment_retrieval_and_cag_respect_the_callers_groups(domain, tmp_pat
     config = tiny_config("m", {**domain, "docs": str(docs)},
                          **{"retrieval.method": "bm25", "retrieval.groups": groups})
     ctx = Context(config, data_lib.load(config.data), StageCache(tmp_path / "cache"), Progress())
-    folder, _ = stages.index_stage(ctx)
-    search = stages.search_fn(ctx, stages.open_index(ctx, folder / "index"))
+    folder, _ = answering.index_stage(ctx)
+    search = answering.search_fn(ctx, answering.open_index(ctx, folder / "index"))
     hits = search([restricted[1], restricted[2][:80]], len(FACTS))
     assert any(p.doc_id == "d4" for h in hits for p in h) == sees, groups
-    assert ("d4" in {d.doc_id for d in stages.visible_docs(ctx)}) == sees
+    assert ("d4" in {d.doc_id for d in answering.visible_docs(ctx)}) == sees
 
 
 def test_bad_acl_in_experiment_docs_names_the_line(domain, tmp_path):

@@ -1,7 +1,7 @@
 """Does the experiment runner decode at the model's speed? (issue 22, goal 2)
 
 In one run, on the default experiment's questions (configs/experiments/support.py):
-  runner:    `stages.answer_questions` with each arm's answerer (prompt rendering, retrieval,
+  runner:    `answering.answer_questions` with each arm's answerer (prompt rendering, retrieval,
              tokenization, batching by prompt length, EOS stopping), after one warm-up pass
              that compiles;
   same work: `generate_ids` on exactly the token ids the runner's prompts encode to (batched
@@ -37,7 +37,8 @@ def main():
 
   from ftjax.provenance import record as provenance_record
   from ftjax.experiment import data as data_lib
-  from ftjax.experiment import stages
+  from ftjax.experiment import answering, context
+  from ftjax.experiment import config as config_lib
   from ftjax.experiment.cache import StageCache
   from ftjax.experiment.config import load_config_file, validate
   from ftjax.generation.decoding import generate_ids
@@ -49,22 +50,22 @@ def main():
     config.dtype = args.dtype
   data = data_lib.load(config.data)
   work = Path(tempfile.mkdtemp(prefix="runner_decode_"))
-  ctx = stages.Context(config, data, StageCache(work), stages.Progress())
+  ctx = context.Context(config, data, StageCache(work), context.Progress())
   model = ctx.base_model()
   tokenizer = model.tokenizer
   eos = eos_token_ids(model.config, tokenizer)
   pad = tokenizer.pad_token_id or 0
   sampling = ctx.sampling()
   batch = config.sampling.batch_size
-  stream = [q for s in stages.SPLITS for q in data.questions.get(s, [])]
+  stream = [q for s in context.SPLITS for q in data.questions.get(s, [])]
   rows = []
   for arm in args.arms.split(","):
     index = None
-    if arm in stages.config_lib.RETRIEVAL_ARMS:
-      index = stages.open_index(ctx, stages.index_stage(ctx)[0] / "index")
-    answerer = stages.make_answerer(ctx, arm, model, index)
-    stages.answer_questions(ctx, answerer, stream, "warm-up")
-    answers, seconds, _ = stages.answer_questions(ctx, answerer, stream, "timed")
+    if arm in config_lib.RETRIEVAL_ARMS:
+      index = answering.open_index(ctx, answering.index_stage(ctx)[0] / "index")
+    answerer = answering.make_answerer(ctx, arm, model, index)
+    answering.answer_questions(ctx, answerer, stream, "warm-up")
+    answers, seconds, _ = answering.answer_questions(ctx, answerer, stream, "timed")
     runner_tokens = sum(a.new_tokens for a in answers)
     ids = [tokenizer.encode(a.prompt, add_special_tokens=False) for a in answers]
     size = -(-len(ids) // -(-len(ids) // batch))  # generate_ids' equal batches

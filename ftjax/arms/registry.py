@@ -56,7 +56,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 )}
 
 # The experiment config keys (dotted) an arm's answers depend on, by what its prompt holds: its
-# cache key is derived from these declarations (`ftjax.experiment.stages.answer_key`), so a
+# cache key is derived from these declarations (`ftjax.experiment.answering.answer_key`), so a
 # setting an arm reads cannot be left out of its key by hand.
 READS_ALWAYS = ("sampling", "seed", "data.max_eval_questions", "prompt.system_prompt")
 READS_STYLED = ("style.instruction", "prompt.num_few_shot")

@@ -23,9 +23,11 @@ from ftjax.experiment import report as report_lib
 from ftjax.experiment import security as security_lib
 from ftjax.experiment.cache import StageCache, digest
 from ftjax.experiment import summary as summary_lib
-from ftjax.experiment.stages import (Context, Progress, answers_stage, general_mc_stage,
-                                     index_stage, read_answers, score_rows, train_stage,
+from ftjax.experiment.answering import index_stage
+from ftjax.experiment.context import Context, Progress
+from ftjax.experiment.stages import (answers_stage, general_mc_stage, read_answers, score_rows,
                                      update_finetuned_stage, update_rag_stage)
+from ftjax.experiment.train_stages import train_stage
 
 # ----------------------------------------------------------------------------- the run
 

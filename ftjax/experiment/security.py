@@ -26,7 +26,7 @@ from ftjax.arms import registry as arm_registry
 from ftjax.evaluation import qa as scoring
 from ftjax.evaluation import security as metrics
 from ftjax.experiment import data as data_lib
-from ftjax.experiment import stages
+from ftjax.experiment import answering, train_stages
 from ftjax.experiment.cache import digest
 from ftjax.experiment.planting import (SPACE_SIZE, Canary, canaries, plant, poison_conversations,
                                        poison_docs, poison_plan, random_secret)
@@ -119,16 +119,16 @@ def _plan(ctx) -> list[tuple[str, str]]:
 
 def _poison_train_stage(ctx, fraction: float, seed: int = 0):
   if fraction == 0:
-    return stages.train_stage(ctx, "finetuned", seed)
+    return train_stages.train_stage(ctx, "finetuned", seed)
   plan = _plan(ctx)
   steps = ctx.config.security.poison_steps
-  key = {**stages.train_key(ctx, "finetuned", seed),
+  key = {**train_stages.train_key(ctx, "finetuned", seed),
          "poison": {"fraction": fraction, "plan": digest(plan), "steps": steps}}
 
   def build(folder) -> dict:
-    conversations, info = poison_conversations(stages.finetune_examples(ctx), plan, fraction)
+    conversations, info = poison_conversations(train_stages.finetune_examples(ctx), plan, fraction)
     conversations, planted = plant(ctx, conversations)
-    trained = stages.train_run(ctx, folder, conversations, seed=ctx.config.seed + seed,
+    trained = train_stages.train_run(ctx, folder, conversations, seed=ctx.config.seed + seed,
                             num_steps=steps, label=f"finetuned poisoned {fraction:g}")
     return {**trained, **planted, "poison": info}
   return ctx.cache.run(f"train-finetuned-poison{fraction:g}-s{seed}", key, build, fresh=False)
@@ -137,7 +137,7 @@ def _poison_train_stage(ctx, fraction: float, seed: int = 0):
 def _rag_index(ctx, fraction: float, plan, canary_list):
   docs, info = poison_docs(ctx.data.docs, plan, fraction)
   docs += [canary.doc(i) for i, canary in enumerate(canary_list)]
-  folder, _ = stages.index_stage(ctx, docs=docs, name=f"security-index-f{fraction:g}")
+  folder, _ = answering.index_stage(ctx, docs=docs, name=f"security-index-f{fraction:g}")
   return folder, info
 
 
@@ -170,10 +170,10 @@ def poisoning(ctx) -> dict:
     for fraction in fractions:
       folder, trained = _poison_train_stage(ctx, fraction)
       info = trained.get("poison") or {"requested": 0, "poisoned": 0, "facts": []}
-      answers = stages.answer_stage(
+      answers = answering.answer_stage(
           ctx, f"security-poison-finetuned-f{fraction:g}", "finetuned",
           {"train": folder.name, "step": None},
-          lambda f=folder: stages.tuned_model(ctx, f / "run"),
+          lambda f=folder: train_stages.tuned_model(ctx, f / "run"),
           questions)["answers"] if questions else []
       rows.append({"fraction": fraction, "poisoned": info["poisoned"],
                    "requested": info["requested"], "of": trained["examples"],
@@ -184,7 +184,7 @@ def poisoning(ctx) -> dict:
     rows = []
     for fraction in fractions:
       folder, info = _rag_index(ctx, fraction, plan, canaries(c))
-      answers = stages.answer_stage(
+      answers = answering.answer_stage(
           ctx, f"security-poison-rag-f{fraction:g}", "rag", ctx.model_key, ctx.base_model,
           questions, index_folder=folder)["answers"] if questions else []
       rows.append({"fraction": fraction, "poisoned": info["poisoned"],
@@ -222,11 +222,11 @@ def canary_leakage(ctx) -> dict:
            for k in ("finetuned", "raft")}
   for kind, arms in kinds.items():
     if any(a in c.arms for a in arms):
-      folder, trained = stages.train_stage(ctx, kind, 0)
+      folder, trained = train_stages.train_stage(ctx, kind, 0)
       step = trained.get("selected_step")  # the model the tuned arm answers with
       summary = _canary_summary(canary_stage(
           ctx, kind, f"{folder.name}-step{step}",
-          lambda f=folder: stages.tuned_model(ctx, f / "run", step))["canaries"],
+          lambda f=folder: train_stages.tuned_model(ctx, f / "run", step))["canaries"],
           f"{trained.get('canary_rows', 0)} of {trained['examples']} training examples")
       out["models"][kind] = summary
   if any(a in c.arms for a in config_lib.RETRIEVAL_ARMS):
@@ -236,10 +236,10 @@ def canary_leakage(ctx) -> dict:
                  for i, x in enumerate(canary_list)]
 
     def retrieved(answerer):
-      hits = stages.open_index(ctx, folder / "index").search(
+      hits = answering.open_index(ctx, folder / "index").search(
           [q.input for q in questions], k=c.retrieval.k, method=c.retrieval.method)
       return {"retrieved": [q.doc_id in {p.doc_id for p in h} for q, h in zip(questions, hits)]}
-    result = stages.answer_stage(ctx, "security-canary-rag", "rag", ctx.model_key,
+    result = answering.answer_stage(ctx, "security-canary-rag", "rag", ctx.model_key,
                                  ctx.base_model, questions, index_folder=folder, extra=retrieved)
     quoted = [metrics.quotes_secret(a, x.secret) for a, x in zip(result["answers"], canary_list)]
     out["rag"] = {"canary_in": f"{len(canary_list)} documents of "
