@@ -457,7 +457,7 @@ def test_scoring_modules_import_no_jax():
       f"                   ('ftjax.evaluation', {str(root / 'evaluation')!r})]:\n"
       "  sys.modules[name] = module = types.ModuleType(name)\n"
       "  module.__path__ = [path]\n"
-      "import ftjax.evaluation.qa, ftjax.evaluation.stats\n"
+      "import ftjax.evaluation.qa, ftjax.evaluation.matching, ftjax.evaluation.declines\n"
       "heavy = [m for m in ('jax', 'tensorflow', 'ml_collections') if m in sys.modules]\n"
       "assert not heavy, heavy\n")
   subprocess.run([sys.executable, "-c", code], check=True)

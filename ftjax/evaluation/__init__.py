@@ -6,10 +6,11 @@
   verdict(**{k: v for k, v in compare(arm_a_correct, arm_b_correct).items() if k in ("diff", "ci")})
 """
 
-from ftjax.evaluation.qa import (DEFAULT_ABSTAIN_PATTERNS, SPLITS, ScoringConfigError, abstains,
-                                 compile_answer_pattern, compile_style, contains_answer,
-                                 extract_answer, matches_style, mean_std, normalize_answer,
-                                 percentile, score_answer, summarize, token_f1)
+from ftjax.evaluation.declines import DEFAULT_ABSTAIN_PATTERNS, abstains
+from ftjax.evaluation.matching import (ScoringConfigError, contains_answer, normalize_answer,
+                                       token_f1)
+from ftjax.evaluation.qa import (SPLITS, compile_answer_pattern, compile_style, extract_answer,
+                                 matches_style, mean_std, percentile, score_answer, summarize)
 from ftjax.evaluation.stats import compare, mcnemar_exact, paired_bootstrap, verdict, wilson
 
 __all__ = [

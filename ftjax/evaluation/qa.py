@@ -9,14 +9,15 @@ every possible value is wrong, so neither boilerplate nor hedging can score.
 
 from __future__ import annotations
 
-import collections
 import functools
 import re
-import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ftjax.evaluation.declines import abstains
+from ftjax.evaluation.matching import (ScoringConfigError, answer_tokens, contains_answer,
+                                       gold_tokens, occurrences, tokens_f1)
 from ftjax.evaluation.stats import Z95, wilson
 
 try:
@@ -25,251 +26,6 @@ except ImportError:  # Python < 3.11
   import sre_parse as _sre_parser  # pylint: disable=deprecated-module
 
 SPLITS = ("eval", "unanswerable", "general", "update_eval", "unchanged")
-
-
-class ScoringConfigError(ValueError):
-  """A scoring setting (a style, answer or abstention regex) is unusable."""
-
-
-# Normalisation.
-
-_ARTICLES = frozenset({"a", "an", "the"})
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate(
-    "twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
-_SCALES = {"hundred": 100, "thousand": 1000}
-_NUMBER_WORDS = frozenset(_UNITS) | frozenset(_TENS) | frozenset(_SCALES)
-
-
-def _unit_table(rows: str) -> dict[str, str]:
-  """{spelling: canonical} from lines "canonical: spelling spelling ..."."""
-  table = {}
-  for line in rows.strip().splitlines():
-    canonical, spellings = line.split(":")
-    for spelling in [canonical, *spellings.split()]:
-      table[spelling] = canonical.strip()
-  return table
-
-
-# Units fold to one spelling so "29-month" matches "29 months" and "metre" matches "meters"; a
-# small table, not stemming, so ordinary words are never changed. Words that are also common
-# non-units ("second floor", "a minute detail", "the foot of") and abbreviations fold only after a
-# number.
-_UNIT_WORDS = _unit_table("""
-days: day
-weeks: week
-months: month
-years: year
-hours: hour
-meters: meter metre metres
-liters: liter litre litres
-grams: gram gramme grammes
-kg: kilogram kilograms kilogramme kilogrammes kilo kilos
-km: kilometer kilometers kilometre kilometres
-cm: centimeter centimeters centimetre centimetres
-mm: millimeter millimeters millimetre millimetres
-ml: milliliter milliliters millilitre millilitres
-inches: inch
-miles: mile
-percent: percentage
-""")
-_UNITS_AFTER_NUMBER = {**_UNIT_WORDS, **_unit_table("""
-seconds: second sec secs
-minutes: minute min mins
-hours: hr hrs h
-years: yr yrs
-feet: foot ft
-pounds: pound lb lbs
-kg: kgs
-km: kms
-""")}
-_PER_CENT = re.compile(r"\bper\s+cent\b")
-
-_THOUSANDS_SEPARATOR = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_BARE_DECIMAL = re.compile(r"(?<![\w.])\.(?=\d)")
-_NUMBER_THEN_LETTER = re.compile(r"(?<=\d)(?=[^\W\d_])")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-@functools.lru_cache(maxsize=4096)
-def _char_class(char: str) -> str:
-  """'keep', 'space', 'percent' or 'drop' for one character."""
-  category = unicodedata.category(char)
-  # Dashes and slashes separate words ("forty-five", "24/7"); currency separates a number from
-  # its neighbours and "%" becomes the word "percent". Other punctuation is deleted as in SQuAD, so
-  # "don't" stays one token.
-  if char == "%":
-    return "percent"
-  if category == "Pd" or category == "Sc" or char in "/\\":
-    return "space"
-  if category[0] in "PS":
-    return "drop"
-  return "keep"
-
-
-def _strip_punctuation(text: str) -> str:
-  out = []
-  for i, char in enumerate(text):
-    if char == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit():
-      out.append(char)
-      continue
-    kind = _char_class(char)
-    if kind == "keep":
-      out.append(char)
-    elif kind == "space":
-      out.append(" ")
-    elif kind == "percent":
-      out.append(" percent ")
-  return "".join(out)
-
-
-def _below_hundred(tokens: Sequence[str], i: int) -> tuple[int, int] | None:
-  """Parse "forty five" / "forty" / "twelve" at tokens[i]; (value, next index) or None."""
-  if i < len(tokens) and tokens[i] in _TENS:
-    value = _TENS[tokens[i]]
-    if i + 1 < len(tokens) and 1 <= _UNITS.get(tokens[i + 1], 0) <= 9:
-      return value + _UNITS[tokens[i + 1]], i + 2
-    return value, i + 1
-  if i < len(tokens) and tokens[i] in _UNITS:
-    return _UNITS[tokens[i]], i + 1
-  return None
-
-
-def _after_and(tokens: Sequence[str], j: int, parse) -> tuple[int, int] | None:
-  """parse(tokens, j), also across one "and" ("hundred and five") when a whole number follows it.
-
-  "and" is not taken when a scale word follows the number after it, so "between one hundred and
-  two hundred" stays two numbers.
-  """
-  if j < len(tokens) and tokens[j] == "and":
-    rest = parse(tokens, j + 1)
-    if rest is None or (rest[1] < len(tokens) and tokens[rest[1]] in _SCALES):
-      return None
-    return rest
-  return parse(tokens, j)
-
-
-def _below_thousand(tokens: Sequence[str], i: int) -> tuple[int, int] | None:
-  """Parse "[unit] hundred [below hundred]" or a number below a hundred."""
-  if i < len(tokens) and tokens[i] == "hundred":
-    head, j = 100, i + 1
-  else:
-    parsed = _below_hundred(tokens, i)
-    if parsed is None:
-      return None
-    head, j = parsed
-    if head >= 10 or j >= len(tokens) or tokens[j] != "hundred":
-      return head, j
-    head, j = max(head, 1) * 100, j + 1
-  rest = _after_and(tokens, j, _below_hundred)
-  if rest is not None and rest[0] > 0:
-    return head + rest[0], rest[1]
-  return head, j
-
-
-def _number(tokens: Sequence[str], i: int) -> tuple[int, int] | None:
-  """Parse a spelled-out number below a million at tokens[i]; (value, next index) or None."""
-  if i < len(tokens) and tokens[i] == "thousand":
-    head, j = None, i
-  else:
-    parsed = _below_thousand(tokens, i)
-    if parsed is None:
-      return None
-    head, j = parsed
-  if j < len(tokens) and tokens[j] == "thousand":
-    value = (head or 1) * 1000
-    rest = _after_and(tokens, j + 1, _below_thousand)
-    if rest is not None and rest[0] > 0:
-      return value + rest[0], rest[1]
-    return value, j + 1
-  return head, j
-
-
-def _canonical_number(token: str) -> str:
-  """'49.50' -> '49.5', '3.0' -> '3'; leading zeros are kept (codes such as '02139')."""
-  if "." not in token:
-    return token
-  whole, fraction = token.split(".", 1)
-  fraction = fraction.rstrip("0")
-  return f"{whole}.{fraction}" if fraction else whole
-
-
-def _tokens(text: str) -> list[str]:
-  text = _THOUSANDS_SEPARATOR.sub("", text.lower())
-  text = _BARE_DECIMAL.sub("0.", _PER_CENT.sub("percent", text))
-  text = _NUMBER_THEN_LETTER.sub(" ", _strip_punctuation(text))
-  words = [w for w in text.split() if w not in _ARTICLES]
-  out, i = [], 0
-  while i < len(words):
-    parsed = _number(words, i) if words[i] in _NUMBER_WORDS else None
-    if parsed is not None:
-      out.append(str(parsed[0]))
-      i = parsed[1]
-      continue
-    word = words[i]
-    if _NUMBER.fullmatch(word):
-      word = _canonical_number(word)
-    elif out and _NUMBER.fullmatch(out[-1]):
-      word = _UNITS_AFTER_NUMBER.get(word, word)
-    else:
-      word = _UNIT_WORDS.get(word, word)
-    out.append(word)
-    i += 1
-  return out
-
-
-def normalize_answer(text: str) -> str:
-  """SQuAD normalisation (lowercase, no punctuation, no articles, single spaces), numbers, units.
-
-  Numbers become canonical digits so that spellings of one value compare equal: thousands
-  separators go ("1,299" -> "1299"), trailing fractional zeros go ("49.50" -> "49.5", "3.0" -> "3"),
-  a decimal point between digits survives, and number words below a million become digits
-  ("twelve" -> "12", "forty-five" -> "45", "two hundred fifty" -> "250", "four hundred and
-  fourteen" -> "414"). Currency symbols, dashes and slashes become spaces, and a number glued to
-  letters is split from them ("3.5kg" -> "3.5 kg", "12th" -> "12 th"). Units take one spelling
-  from a small table ("29-month" and "29 months" -> "29 months", "metre" -> "meters", "kilograms"
-  -> "kg", "%" and "per cent" -> "percent"); abbreviations and words that are not always units
-  ("hrs", "second", "foot") fold only after a number.
-  """
-  return " ".join(_tokens(text))
-
-
-def contains_answer(prediction: str, gold: str) -> bool:
-  """True when the normalised gold tokens appear contiguously in the normalised prediction.
-
-  Matching is on whole tokens: "12" is not found in "112", nor "paris" in "parisian".
-  """
-  return bool(_occurrences(_tokens(prediction), _gold_tokens(gold)))
-
-
-def _gold_tokens(gold: str) -> list[str]:
-  tokens = _tokens(gold)
-  if not tokens:
-    raise ValueError(f"gold answer {gold!r} is empty after normalisation")
-  return tokens
-
-
-def _occurrences(tokens: list[str], sub: list[str]) -> list[int]:
-  """Start indices where `sub` appears contiguously in `tokens`."""
-  n = len(sub)
-  return [i for i in range(len(tokens) - n + 1) if tokens[i:i + n] == sub]
-
-
-def token_f1(prediction: str, gold: str) -> float:
-  """SQuAD token-overlap F1 of the normalised texts (1.0 if both are empty, 0.0 if one is)."""
-  return _f1(_tokens(prediction), _tokens(gold))
-
-
-def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
-  if not pred_tokens or not gold_tokens:
-    return float(pred_tokens == gold_tokens)
-  common = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
-  if common == 0:
-    return 0.0
-  precision, recall = common / len(pred_tokens), common / len(gold_tokens)
-  return 2 * precision * recall / (precision + recall)
 
 
 # Style and answer extraction.
@@ -377,96 +133,6 @@ def extract_answer(prediction: str, *, answer_pattern: re.Pattern | str | None =
   return text.strip()
 
 
-# Abstention.
-
-_APOS = "[’']"
-_NOT = rf"(?:\s+not|n{_APOS}?t)"  # "do not" / "don't" / "dont"
-_I_AM = rf"I(?:{_APOS}?m|\s+am)"
-_I_WAS = rf"(?:I|we)(?:{_APOS}?m|{_APOS}?re|\s+am|\s+are|\s+was|\s+were)"
-_CANNOT = rf"(?:cannot|can\s+not|can{_APOS}?t|could{_NOT})"
-_SOURCE = (r"(?:(?:the|this|these|my|our|provided|given|available|retrieved)\s+)*"
-           r"(?:context|documents?|docs|documentation|passages?|sources?|text|materials?|manual|"
-           r"knowledge\s+base|records)"
-           r"|(?:the\s+)?(?:provided|given|available|retrieved)\s+(?:information|data)"
-           r"|(?:the\s+)?information\s+I\s+have")
-_INFO = r"(?:information|info|details|data|knowledge)"
-_INFO_QUALIFIERS = (r"(?:(?:that|this|any|enough|the|such|much|specific|relevant|detailed|"
-                    r"further|more|additional|reliable)\s+)*")
-
-# Declining is recognised by phrasing about the speaker or the sources, never by negation alone:
-# "The warranty does not cover water damage", "not available in the basic plan" and "the app
-# stores no information about you" are answers. Phrasings that a company uses for its policies
-# ("we are unable to repair…", "we don't have physical stores") are answers too, so "help",
-# "access" and "say" count only with "I".
-DEFAULT_ABSTAIN_PATTERNS: tuple[str, ...] = (
-    rf"\b(?:I|we)\s+(?:really\s+|simply\s+|honestly\s+)?do{_NOT}\s+know\b",
-    rf"\b{_I_AM}\s+(?:not\s+(?:entirely\s+|completely\s+|quite\s+|really\s+)?"
-    r"(?:sure|certain|aware|familiar)|unsure|unfamiliar)\b",
-    r"^\W*(?:not\s+sure|unsure)\b",
-    rf"\b(?:I|we)\s+(?:cannot|can\s+not|can{_APOS}?t|could{_NOT})\s+answer\b",
-    rf"^\W*(?:cannot|can\s+not|can{_APOS}?t|unable\s+to)\s+answer\b",
-    rf"\b(?:cannot|can\s+not|can{_APOS}?t|unable\s+to)\s+answer\s+(?:this|that|the|your)\s+"
-    r"question\b",
-    rf"\b{_I_WAS}(?:\s+unable|\s+not\s+able|n{_APOS}?t\s+able)\s+to\s+"
-    r"(?:find|answer|locate|determine|confirm)\b",
-    rf"\bI(?:{_APOS}?m|\s+am|\s+was)(?:\s+unable|\s+not\s+able|n{_APOS}?t\s+able)\s+to\s+"
-    rf"(?:help|assist|say|tell|provide\s+{_INFO_QUALIFIERS}(?:an\s+)?(?:answer|{_INFO}))\b",
-    r"^\W*unable\s+to\s+(?:find|answer|locate|determine)\b",
-    rf"\b(?:I|we)\s+{_CANNOT}\s+(?:find|locate|determine)\b",
-    rf"\bI\s+{_CANNOT}\s+(?:say|tell|confirm)\b",
-    rf"\bI\s+{_CANNOT}\s+(?:help|assist)\s+(?:you\s+)?with\s+(?:that|this)\b",
-    rf"\bI\s+{_CANNOT}\s+(?:provide|give|offer)\s+(?:you\s+)?{_INFO_QUALIFIERS}(?:an\s+)?"
-    rf"(?:answer|{_INFO})\b",
-    rf"(?:\bthere\s+(?:is|was)\s+|\bthere{_APOS}s\s+|\b(?:I|we)\s+(?:have|found)\s+|"
-    r"\b(?:has|have|contains?|provides?|gives?|includes?)\s+)"
-    r"no\s+(?:specific\s+|relevant\s+|available\s+|such\s+)?information\b",
-    # A reply that opens with "No information" declines unless it goes on as a sentence
-    # ("No information is shared with third parties").
-    r"^\W*no\s+(?:specific\s+|relevant\s+|such\s+)?information"
-    r"(?:\W*$|\s+(?:available|found|provided|given)\b|\s+(?:on|about|regarding)\s+(?:that|this)\b)",
-    r"\bnot\s+enough\s+information\b|\binsufficient\s+information\b",
-    rf"\b(?:I|{_SOURCE})\s+(?:really\s+|simply\s+)?(?:do|does){_NOT}\s+(?:seem\s+to\s+)?have\s+"
-    rf"{_INFO_QUALIFIERS}{_INFO}\b",
-    rf"\bI\s+(?:do{_NOT}\s+have|have\s+no)\s+access\s+to\b",
-    r"\bI\s+have\s+no\s+(?:idea|knowledge|details|records?|data|information)\b",
-    rf"\b(?:{_SOURCE})\s+(?:do|does){_NOT}\s+(?:seem\s+to\s+)?(?:cover|mention|say|specify|state|"
-    r"include|contain|provide|address|list|describe|discuss|show)\b",
-    rf"(?:\bnot|n{_APOS}t)\s+(?:covered|mentioned|available|specified|stated|provided|found|"
-    rf"included|given|listed|described|addressed)\s+(?:in|by)\s+(?:{_SOURCE})\b",
-    rf"\b(?:is|are|was|were)(?:\s+not|n{_APOS}?t)\s+(?:in|among)\s+(?:{_SOURCE})\b",
-    rf"\b(?:is|are)(?:\s+not|n{_APOS}?t)\s+(?:available|known)\s+to\s+me\b",
-    rf"\bnothing\s+(?:in|from)\s+(?:{_SOURCE})\s+(?:mentions?|says?|covers?|specifies|specify|"
-    r"states?|addresses|address|describes?)\b",
-    rf"\b(?:{_I_AM}\s+)?sorry,?\s+(?:but\s+)?I\s+(?:can{_APOS}?t|cannot|can\s+not|do{_NOT}|"
-    rf"am\s+not|{_APOS}?m\s+not|have\s+no)\b",
-    rf"\bthere(?:\s+(?:is|are)|{_APOS}s)\s+no\s+(?:records?|details|mention)\s+"
-    r"(?:of|about|on|regarding)\b",
-    r"\b(?:I|we)\s+(?:have|found|see|could\s+find|can\s+find)\s+no\s+(?:records?|details|"
-    r"mention)\s+(?:of|about|on|regarding)\b",
-    r"\bnot\s+something\s+I\s+(?:can|could|am\s+able\s+to)\s+(?:help|assist|answer)\b",
-    rf"\bnot\s+something\s+I\s+(?:know\b|have\s+{_INFO_QUALIFIERS}{_INFO})",
-    r"\b(?:outside|beyond)\s+(?:what\s+I\s+(?:know|can\s+(?:tell|say|answer|help))|"
-    r"my\s+knowledge|the\s+scope\s+of\s+(?:what\s+I|my))\b",
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _compile_abstain(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
-  compiled = []
-  for pattern in patterns:
-    try:
-      compiled.append(re.compile(pattern, re.IGNORECASE))
-    except re.error as e:
-      raise ScoringConfigError(f"abstain pattern {pattern!r} does not compile: {e}") from None
-  return tuple(compiled)
-
-
-def abstains(text: str, patterns: Sequence[str] | None = None) -> bool:
-  """Whether the answer declines: any of `patterns` (default DEFAULT_ABSTAIN_PATTERNS) is found."""
-  compiled = _compile_abstain(tuple(DEFAULT_ABSTAIN_PATTERNS if patterns is None else patterns))
-  return any(p.search(text) for p in compiled)
-
-
 # Aggregates.
 
 def _present(values: Iterable) -> list[float]:
@@ -521,20 +187,20 @@ def score_answer(prediction: str, gold: str | None, *, answers: Sequence[str] = 
          "abstained": abstains(prediction, abstain_patterns)}
   if gold is None:
     return out
-  accepted = [(g, _gold_tokens(g)) for g in [gold, *answers]]
+  accepted = [(g, gold_tokens(g)) for g in [gold, *answers]]
   accepted_tokens = [tokens for _, tokens in accepted]
-  others = [c for c in map(_tokens, candidates) if c and c not in accepted_tokens]
-  tokens = _tokens(extracted)
-  gold_spans = [(i, i + len(g)) for g in accepted_tokens for i in _occurrences(tokens, g)]
+  others = [c for c in map(answer_tokens, candidates) if c and c not in accepted_tokens]
+  tokens = answer_tokens(extracted)
+  gold_spans = [(i, i + len(g)) for g in accepted_tokens for i in occurrences(tokens, g)]
   other_found = any(not any(s <= i and i + len(c) <= e for s, e in gold_spans)
-                    for c in others for i in _occurrences(tokens, c))
+                    for c in others for i in occurrences(tokens, c))
   found = bool(gold_spans)
   out.update(
       correct=found and not other_found,
       em=tokens in accepted_tokens,
-      f1=max(_f1(tokens, g) for g in accepted_tokens),
+      f1=max(tokens_f1(tokens, g) for g in accepted_tokens),
       multi_value=found and other_found,
-      matched_gold=next((g for g, t in accepted if _occurrences(tokens, t)), None))
+      matched_gold=next((g for g, t in accepted if occurrences(tokens, t)), None))
   return out
 
 

@@ -16,7 +16,7 @@ import re
 import statistics
 from typing import Sequence
 
-from ftjax.evaluation.qa import contains_answer
+from ftjax.evaluation.matching import contains_answer
 
 
 def canary_rank(canary_logprob: float, candidate_logprobs: Sequence[float]) -> int:

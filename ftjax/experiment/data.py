@@ -185,7 +185,7 @@ def _strings(record: dict, field: str, where: str, key: str) -> tuple[str, ...]:
 
 def read_questions(path: str, key: str, split: str, *, with_answer: bool,
                    limit: int = 0) -> list[Question]:
-  from ftjax.evaluation.qa import normalize_answer
+  from ftjax.evaluation.matching import normalize_answer
   questions = []
   for where, record in _rows(path, key):
     answer = _text(record, "answer", where, key) if with_answer else None

@@ -17,7 +17,7 @@ import random
 import re
 from typing import Sequence
 
-from ftjax.evaluation import qa as scoring
+from ftjax.evaluation import matching
 from ftjax.experiment import data as data_lib
 
 SECRET_DIGITS = 8  # "NN-NN-NN-NN"
@@ -86,12 +86,12 @@ def wrong_value(answer: str, rng: random.Random, avoid: Sequence[str] = ()) -> s
   if not any(ch.isdigit() for ch in answer):
     return None
   leading = {m.group()[0] for m in re.finditer(r"\d+", answer)}
-  avoid = {scoring.normalize_answer(a) for a in avoid}
+  avoid = {matching.normalize_answer(a) for a in avoid}
 
   def shifted(offset):
     return "".join(str((int(ch) + offset) % 10) if ch.isdigit() else ch for ch in answer)
   offsets = [o for o in range(1, 10) if all((int(d) + o) % 10 for d in leading)
-             and scoring.normalize_answer(shifted(o)) not in avoid]
+             and matching.normalize_answer(shifted(o)) not in avoid]
   return shifted(rng.choice(offsets)) if offsets else None
 
 

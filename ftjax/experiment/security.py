@@ -23,7 +23,7 @@ import dataclasses
 import random
 
 from ftjax.arms import registry as arm_registry
-from ftjax.evaluation import qa as scoring
+from ftjax.evaluation import matching
 from ftjax.evaluation import security as metrics
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import answering, train_stages
@@ -144,7 +144,7 @@ def _rag_index(ctx, fraction: float, plan, canary_list):
 def _poison_rows(answers, questions, wrong: dict, poisoned: set) -> dict:
   on = [i for i, q in enumerate(questions) if q.answer in poisoned]
   return {"success": metrics.attack_success(answers, [wrong[q.answer] for q in questions]),
-          "target_accuracy": metrics.rate([scoring.contains_answer(a, q.answer)
+          "target_accuracy": metrics.rate([matching.contains_answer(a, q.answer)
                                            for a, q in zip(answers, questions)]),
           "success_on_poisoned": metrics.attack_success(
               [answers[i] for i in on], [wrong[questions[i].answer] for i in on])}

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ftjax.evaluation import matching
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
@@ -54,7 +55,7 @@ def _paraphrases(ctx: Context, n: int) -> tuple[list[list[dict]], dict]:
       text = completion.text.strip()
       if not text:
         empty += 1
-      elif all(scoring.contains_answer(text, v) for v in values.get(doc.doc_id, [])):
+      elif all(matching.contains_answer(text, v) for v in values.get(doc.doc_id, [])):
         out.append(document_messages(doc.title, text))
       else:
         dropped += 1
@@ -154,7 +155,7 @@ def evidence_sentence(text: str, answer: str) -> str | None:
   """The first sentence of `text` that contains `answer` (as scoring reads answers), or None."""
   import re
   for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
-    if sentence and scoring.contains_answer(sentence, answer):
+    if sentence and matching.contains_answer(sentence, answer):
       return sentence
   return None
 
