@@ -36,8 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.models.config import ModelConfig
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_gpu", "splash", "cpu_bf16")
-_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # a masked score (finite: no NaN rows)
 
 
 class AttentionUnsupported(ValueError):
@@ -65,7 +67,7 @@ def attention_with_mask(q, k, v, mask, *, scale, softcap=None):
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   if softcap:
     scores = jnp.tanh(scores / softcap) * softcap
-  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(dt)
   return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
 
@@ -230,7 +232,7 @@ def _row_forward(q, k, v, mask, scale):
   outs, probs = [], []
   for j in range(kv):
     scores = _f32_dot(_rows(q, j, group), k[:, j], 1, 1) * scale  # [t * g, s]
-    p = jax.nn.softmax(jnp.where(mask, scores, _NEG_INF), axis=-1)
+    p = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
     outs.append(_f32_dot(p.astype(jnp.bfloat16), v[:, j], 1, 0).reshape(t, group, d))
     probs.append(p)
   return jnp.concatenate(outs, axis=1).astype(q.dtype), jnp.stack(probs)
@@ -299,7 +301,7 @@ def bf16_rows_segments(q, segments):
     outs = []
     for j in range(kv):
       qj = q_row[:, j].reshape(t * group, d)
-      scores = [jnp.where(m, _f32_dot(qj, k[:, j], 1, 1), _NEG_INF)
+      scores = [jnp.where(m, _f32_dot(qj, k[:, j], 1, 1), NEG_INF)
                 for (k, _), m in zip(kvs, masks)]
       probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(jnp.bfloat16)
       out, start = None, 0
@@ -311,3 +313,32 @@ def bf16_rows_segments(q, segments):
     return jnp.stack(outs, axis=1).astype(q.dtype)
 
   return jax.lax.map(row, (q, own, [m for _, _, m in segments]))
+
+
+def attention_masks(cfg: ModelConfig, q_slots, k_slots, k_valid, q_segments=None,
+                    k_segments=None):
+  """Boolean [batch, q, k] masks (full, sliding-or-None) from slot indices and key validity."""
+  causal = q_slots[:, :, None] >= k_slots[:, None, :]
+  mask = causal & k_valid[:, None, :]
+  if q_segments is not None:
+    mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
+  sliding = None
+  if cfg.sliding_window and any(cfg.layer_is_sliding):
+    sliding = mask & (q_slots[:, :, None] - k_slots[:, None, :] < cfg.sliding_window)
+  return mask, sliding
+
+
+def prefix_attention_masks(cfg: ModelConfig, q_positions, prefix_valid):
+  """Boolean [batch, q, prefix_slots] masks (full, sliding-or-None) onto a shared prefix.
+
+  The prefix precedes every query, so causality holds for all its valid slots. The sliding
+  window counts positions (prefix slot i holds position i), so it is exact even though padding
+  may sit between the prefix and a row's tokens.
+  """
+  k_positions = jnp.arange(prefix_valid.shape[0], dtype=jnp.int32)
+  mask = jnp.broadcast_to(prefix_valid[None, None, :],
+                          q_positions.shape + prefix_valid.shape)
+  sliding = None
+  if cfg.sliding_window and any(cfg.layer_is_sliding):
+    sliding = mask & (q_positions[:, :, None] - k_positions[None, None, :] < cfg.sliding_window)
+  return mask, sliding

@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+from ftjax.models.attention import NEG_INF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,7 @@ class EncoderLayer(nn.Module):
     k = dense((h, d), name="key")(x)
     v = dense((h, d), name="value")(x)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * d ** -0.5
-    scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
+    scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     attn = dense(cfg.hidden_size, axis=(-2, -1), name="attention_out")(attn)

@@ -20,7 +20,6 @@ precede every row, held once without a batch axis and read by all rows (never co
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -32,9 +31,9 @@ from ftjax.models import attention as attention_lib
 from ftjax.models import matmul
 from ftjax.models import quant
 from ftjax.models.config import ModelConfig
+from ftjax.models.rope import apply_rope, rope_tables
 
 Array = jax.Array
-_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 
 
 def _constrain(x, names):
@@ -172,39 +171,6 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
-  """Inverse frequencies; `local` gives the unscaled ones of Gemma 3's sliding-window layers."""
-  dim = cfg.head_dim
-  theta = cfg.rope_local_theta if local else cfg.rope_theta
-  inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-  if local:
-    return inv_freq.astype(np.float32)
-  if cfg.rope_llama3_scaling is not None:
-    factor, low_ff, high_ff, old_len = cfg.rope_llama3_scaling
-    low_wavelen, high_wavelen = old_len / low_ff, old_len / high_ff
-    wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low_ff) / (high_ff - low_ff)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    inv_freq = np.where(is_medium, smoothed, scaled)
-  return (inv_freq / cfg.rope_linear_factor).astype(np.float32)
-
-
-def rope_tables(cfg: ModelConfig, positions: Array, local: bool = False) -> tuple[Array, Array]:
-  """cos, sin: [batch, seq, head_dim // 2] in fp32."""
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg, local))
-  return jnp.cos(freqs), jnp.sin(freqs)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-  # x: [batch, seq, heads, head_dim]; the rotate-half convention of HF checkpoints.
-  cos = cos[:, :, None, :].astype(x.dtype)
-  sin = sin[:, :, None, :].astype(x.dtype)
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -285,7 +251,7 @@ def _attend_segments(cfg: ModelConfig, q, segments):
     score = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
     if cfg.attn_logit_softcap:
       score = jnp.tanh(score / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-    scores.append(jnp.where(mask[:, None, None, :, :], score, _NEG_INF))
+    scores.append(jnp.where(mask[:, None, None, :, :], score, attention_lib.NEG_INF))
     sizes.append(k.shape[-3])
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
   out, start = None, 0
@@ -364,35 +330,6 @@ _REMAT_POLICIES = {
 }
 
 
-def attention_masks(cfg: ModelConfig, q_slots, k_slots, k_valid, q_segments=None,
-                    k_segments=None):
-  """Boolean [batch, q, k] masks (full, sliding-or-None) from slot indices and key validity."""
-  causal = q_slots[:, :, None] >= k_slots[:, None, :]
-  mask = causal & k_valid[:, None, :]
-  if q_segments is not None:
-    mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
-  sliding = None
-  if cfg.sliding_window and any(cfg.layer_is_sliding):
-    sliding = mask & (q_slots[:, :, None] - k_slots[:, None, :] < cfg.sliding_window)
-  return mask, sliding
-
-
-def prefix_attention_masks(cfg: ModelConfig, q_positions, prefix_valid):
-  """Boolean [batch, q, prefix_slots] masks (full, sliding-or-None) onto a shared prefix.
-
-  The prefix precedes every query, so causality holds for all its valid slots. The sliding
-  window counts positions (prefix slot i holds position i), so it is exact even though padding
-  may sit between the prefix and a row's tokens.
-  """
-  k_positions = jnp.arange(prefix_valid.shape[0], dtype=jnp.int32)
-  mask = jnp.broadcast_to(prefix_valid[None, None, :],
-                          q_positions.shape + prefix_valid.shape)
-  sliding = None
-  if cfg.sliding_window and any(cfg.layer_is_sliding):
-    sliding = mask & (q_positions[:, :, None] - k_positions[None, None, :] < cfg.sliding_window)
-  return mask, sliding
-
-
 class Transformer(nn.Module):
   """tokens [batch, seq] -> logits [batch, seq, vocab] (fp32)."""
   cfg: ModelConfig
@@ -448,9 +385,9 @@ class Transformer(nn.Module):
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
       outside = (k_slots < cache_index) | (k_slots >= cache_index + seq)
-      old = attention_masks(cfg, q_slots, k_slots, kv_valid & outside)
+      old = attention_lib.attention_masks(cfg, q_slots, k_slots, kv_valid & outside)
       own_valid = jax.lax.dynamic_slice_in_dim(kv_valid, cache_index, seq, axis=1)
-      own = attention_masks(cfg, q_slots, q_slots, own_valid)
+      own = attention_lib.attention_masks(cfg, q_slots, q_slots, own_valid)
       if cache_empty:
         old = (None, None)
       masks = ((old[0], own[0]), None if own[1] is None else (old[1], own[1]))
@@ -459,7 +396,7 @@ class Transformer(nn.Module):
     if prefix is not None:
       if cache is None:
         raise ValueError("a shared prefix needs a decoding cache")
-      prefix_masks = prefix_attention_masks(cfg, positions, prefix_valid)
+      prefix_masks = attention_lib.prefix_attention_masks(cfg, positions, prefix_valid)
     masks = (*masks, prefix_masks, segment_ids)
     rope = (rope_tables(cfg, positions),
             rope_tables(cfg, positions, local=True) if cfg.rope_local_theta else None)
