@@ -13,6 +13,8 @@ import re
 import sys
 from typing import Any, Callable, NoReturn
 
+from ftjax.errors import UserError
+
 
 class Parser(argparse.ArgumentParser):
   """argparse, with a usage error as one `error:` line and exit status 2 (not usage + error)."""
@@ -33,21 +35,9 @@ def fail(message: Any) -> NoReturn:
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """The exceptions that are the user's to fix (config, data, checkpoint, index, audit,
-  divergence): reported as one line, never as a traceback. Imported only when an error is being
-  handled (an `except` clause evaluates its tuple then), so commands start no slower."""
-  from ftjax.audit import AuditError, AuditInputError
-  from ftjax.checkpoints import CheckpointError
-  from ftjax.config import ConfigError
-  from ftjax.data import DataConfigError
-  from ftjax.evaluation import ScoringConfigError
-  from ftjax.models.config import UnsupportedModelError
-  from ftjax.retrieval import (CorpusError, EmptyQueryError, InputTooLongError,
-                               RetrievalIndexError)
-  from ftjax.sharding import MeshConfigError
-  from ftjax.training.errors import TrainingDiverged, WorkdirError
-  return (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError, MeshConfigError,
-          TrainingDiverged, WorkdirError, AuditError, AuditInputError, ScoringConfigError,
-          CorpusError, RetrievalIndexError, EmptyQueryError, InputTooLongError)
+  divergence): every package's own error class derives from `ftjax.errors.UserError`, so this
+  module imports none of the packages that raise them."""
+  return (UserError,)
 
 
 def run_main(fn: Callable[..., Any], *args, errors: tuple[type[BaseException], ...] = (),

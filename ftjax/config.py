@@ -10,6 +10,8 @@ import math
 
 import ml_collections
 
+from ftjax.errors import UserError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -108,7 +110,7 @@ _CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
   pass
 
 

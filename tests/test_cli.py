@@ -46,3 +46,33 @@ def test_override_keys_name_the_whole_key_and_the_closest():
     cli.check_override_keys(["prog", "--config.lora.rnak=4"], known)
   with pytest.raises(ConfigError, match=r"^config key zzz: not an experiment config key$"):
     cli.check_override_keys(["prog", "--config.zzz=1"], known, "not an experiment config key")
+
+
+def test_every_package_error_is_a_user_error_and_keeps_its_builtin_base():
+  from ftjax.audit import AuditError, AuditInputError
+  from ftjax.data import DataConfigError
+  from ftjax.errors import UserError
+  from ftjax.evaluation import ScoringConfigError
+  from ftjax.models.config import UnsupportedModelError
+  from ftjax.retrieval import (CorpusError, EmptyQueryError, InputTooLongError,
+                               RetrievalIndexError)
+  from ftjax.sharding import MeshConfigError
+  from ftjax.training.errors import TrainingDiverged, WorkdirError
+  classes = (ConfigError, CheckpointError, DataConfigError, UnsupportedModelError,
+             MeshConfigError, TrainingDiverged, WorkdirError, AuditError, AuditInputError,
+             ScoringConfigError, CorpusError, RetrievalIndexError, EmptyQueryError,
+             InputTooLongError)
+  for cls in classes:
+    assert issubclass(cls, UserError), cls
+  # `except ValueError` / `except OSError` in callers still catch them.
+  assert issubclass(ConfigError, ValueError) and issubclass(WorkdirError, OSError)
+  assert issubclass(TrainingDiverged, RuntimeError)
+  assert cli.user_errors() == (UserError,)
+
+
+def test_the_command_line_module_imports_no_package_that_raises_errors():
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(cli))
+  imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+  assert {m for m in imported if m and m.startswith("ftjax")} <= {"ftjax.errors", "ftjax.config"}

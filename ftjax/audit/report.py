@@ -6,12 +6,14 @@ import collections
 import dataclasses
 import sys
 
+from ftjax.errors import UserError
+
 KINDS = ("pii", "secret", "duplicate", "near_duplicate", "conflict", "contamination")
 BLOCKING = ("pii", "secret", "contamination")  # what gate(mode="error") refuses to train on
 GATE_MODES = ("off", "warn", "error", "redact")
 
 
-class AuditError(ValueError):
+class AuditError(ValueError, UserError):
   """The audit gate refused the data; the message names the first findings by file:line."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from ftjax.data.report import BadRow, DataConfigError
 from ftjax.data.sources import detect_format, iter_jsonl
+from ftjax.errors import UserError
 
 FieldPath = tuple  # keys and list indices from the record's root to one string
 # (input fields, output field) of the flat row shapes, tried in order; `messages` is apart.
@@ -24,7 +25,7 @@ SHAPES = ((("instruction", "input"), "output"), (("prompt",), "completion"),
           (("question",), "answer"), (("text",), None))
 
 
-class AuditInputError(ValueError):
+class AuditInputError(ValueError, UserError):
   """A file cannot be audited (missing, not UTF-8, malformed line); the message names file:line."""
 
 

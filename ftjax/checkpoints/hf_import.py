@@ -16,11 +16,12 @@ import numpy as np
 from ftjax.models import layout
 from ftjax.models.layout import expected_tensor_names
 from ftjax.models.config import ModelConfig, UnsupportedModelError, from_hf_config
+from ftjax.errors import UserError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
   """A checkpoint folder or file is missing, incomplete or of a refused kind."""
 
 

@@ -17,12 +17,14 @@ import json
 import os
 from pathlib import Path
 
+from ftjax.errors import UserError
+
 # Reasons a row can be rejected; `too_long` is decided after tokenization, the rest while parsing.
 REASONS = ("malformed_json", "malformed_csv", "missing_field", "wrong_type", "bad_messages",
            "empty_output", "render_failed", "too_long")
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ValueError, UserError):
   """The data config, a data file as a whole, or the iterator state is unusable."""
 
 

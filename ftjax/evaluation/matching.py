@@ -10,9 +10,11 @@ import re
 import unicodedata
 from typing import Sequence
 
+from ftjax.errors import UserError
 
 
-class ScoringConfigError(ValueError):
+
+class ScoringConfigError(ValueError, UserError):
   """A scoring setting (a style, answer or abstention regex) is unusable."""
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ftjax.errors import UserError
+
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ValueError, UserError):
   """The checkpoint's architecture or one of its options is not implemented."""
 
 

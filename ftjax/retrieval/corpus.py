@@ -23,8 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from ftjax.errors import UserError
 
-class CorpusError(ValueError):
+
+class CorpusError(ValueError, UserError):
   """Malformed corpus input; the message names the file, line or key."""
 
 

@@ -34,11 +34,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ftjax.checkpoints.encoder import config_from_folder, load_encoder, load_params  # noqa: F401
 from ftjax.models.bert import (BertEncoder, Encoder, EncoderConfig, EncoderLayer,  # noqa: F401
                                embed)
+from ftjax.errors import UserError
 
 _embed_jit = jax.jit(embed, static_argnums=0)
 
 
-class InputTooLongError(ValueError):
+class InputTooLongError(ValueError, UserError):
   """A text has more word pieces than the encoder accepts and `on_overflow="error"`."""
 
 

@@ -32,6 +32,7 @@ from ftjax.retrieval.corpus import Corpus, Document, chunk_documents, visible
 from ftjax.retrieval.hybrid import reciprocal_rank_fusion
 from ftjax.retrieval.store import (MANIFEST, FaultHook, IndexConfig, IndexStore,
                                    RetrievalIndexError, StoreState, read_config)
+from ftjax.errors import UserError
 
 METHODS = ("bm25", "dense", "hybrid")
 
@@ -40,7 +41,7 @@ class EmptyIndexError(RetrievalIndexError):
   """Search on an index with no documents."""
 
 
-class EmptyQueryError(ValueError):
+class EmptyQueryError(ValueError, UserError):
   """A query with no text."""
 
 

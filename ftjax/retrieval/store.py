@@ -42,6 +42,7 @@ import numpy as np
 from ftjax.checkpoints import DEFAULT_ENCODER
 from ftjax.retrieval import bm25 as bm25_lib
 from ftjax.retrieval.corpus import Chunk
+from ftjax.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,7 +55,7 @@ READ_ATTEMPTS = 20
 FaultHook = Callable[[str], None]  # called with the label of each write step, before it
 
 
-class RetrievalIndexError(ValueError):
+class RetrievalIndexError(ValueError, UserError):
   """A bad index folder, or an update that names unknown or duplicate documents."""
 
 
