@@ -7,84 +7,17 @@ The report reads these records as attributes, so a renamed or missing field fail
 summary the runner writes (tested), so the records describe the whole file.
 
 Rates are stored flat (`accuracy`, `accuracy_ci`, `accuracy_n`, `std["accuracy"]`);
-`ArmSummary.rate(name)` gathers them into one `Rate` for display.
+`ArmSummary.rate(name)` gathers them into one `Rate` for display. The JSON <-> dataclass machinery
+is `ftjax.experiment.records`; the security section's records are `results_security`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-Interval = Optional[list]  # [lo, hi] (JSON keeps lists), or None when n = 0
-
-_OMIT = {"omit_none": True}
-
-
-def optional(default=None):
-  """A field left out of `to_dict` when None (a key `summary.json` writes only when measured)."""
-  return dataclasses.field(default=default, metadata=_OMIT)
-
-
-class Record:
-  """A dataclass read from / written to the JSON of `summary.json`: nested records are converted
-  by their field annotations (`Record`, `Optional[Record]`, `dict[str, Record]`,
-  `list[Record]`); everything else is kept as JSON gives it."""
-
-  @classmethod
-  def from_dict(cls, d: dict | None):
-    if d is None:
-      return None
-    if not isinstance(d, dict):
-      raise TypeError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-      if f.name in d:
-        kwargs[f.name] = _convert(hints[f.name], d[f.name])
-    return cls(**kwargs)
-
-  def to_dict(self) -> dict:
-    out = {}
-    for f in dataclasses.fields(self):
-      value = getattr(self, f.name)
-      if value is None and f.metadata.get("omit_none"):
-        continue
-      out[f.name] = _plain(value)
-    return out
-
-
-def _record_type(tp) -> type | None:
-  if isinstance(tp, type) and issubclass(tp, Record):
-    return tp
-  return None
-
-
-def _convert(tp, value):
-  if value is None:
-    return None
-  origin, args = typing.get_origin(tp), typing.get_args(tp)
-  if origin in (typing.Union, types.UnionType):
-    inner = [a for a in args if a is not type(None)]
-    return _convert(inner[0], value) if len(inner) == 1 else value
-  if _record_type(tp):
-    return tp.from_dict(value)
-  if origin is dict and len(args) == 2 and _record_type(args[1]):
-    return {k: args[1].from_dict(v) for k, v in value.items()}
-  if origin is list and args and _record_type(args[0]):
-    return [args[0].from_dict(v) for v in value]
-  return value
-
-
-def _plain(value):
-  if isinstance(value, Record):
-    return value.to_dict()
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_plain(v) for v in value]
-  return value
+from ftjax.experiment.records import Interval, Record, optional
+from ftjax.experiment.results_security import Security
 
 
 # --- one rate, as shown -----------------------------------------------------------------------
@@ -360,101 +293,6 @@ class CostSummary(Record):
   break_even: dict[str, BreakEven]
   index: IndexCost | None = optional()
   peak_rss_gb: float = 0.0
-
-
-# --- security ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CanaryModel(Record):
-  """One model's exposure of the planted secrets (Carlini et al. 2019)."""
-  canary_in: str
-  exposure: float | None
-  extrapolated_exposure: float | None
-  rank: float | None
-  extraction_rate: float | None
-  canaries: list  # per canary: its measurements
-
-
-@dataclasses.dataclass(frozen=True)
-class RagLeakage(Record):
-  canary_in: str
-  retrievable_rate: float | None
-  quote_rate: float | None
-  canaries: list
-
-
-@dataclasses.dataclass(frozen=True)
-class Leakage(Record):
-  canaries: int
-  space_size: float
-  candidates: int
-  share: float
-  format: str
-  models: dict[str, CanaryModel]
-  rag: RagLeakage | None = optional()
-
-
-@dataclasses.dataclass(frozen=True)
-class PoisonRow(Record):
-  fraction: float
-  poisoned: int
-  requested: int
-  of: int
-  success: float | None
-  target_accuracy: float | None
-  success_on_poisoned: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class PoisonArm(Record):
-  target_questions: int
-  rows: list[PoisonRow]
-
-  @property
-  def clean(self) -> PoisonRow | None:
-    return self.rows[0] if self.rows else None
-
-  @property
-  def top(self) -> PoisonRow | None:
-    return self.rows[-1] if self.rows else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Poisoning(Record):
-  fractions: list
-  facts_available: int
-  skipped: str | None = optional()
-  finetuned: PoisonArm | None = optional()
-  rag: PoisonArm | None = optional()
-
-
-@dataclasses.dataclass(frozen=True)
-class Audit(Record):
-  mode: str
-  skipped: str | None = optional()
-  rows: int | None = optional()
-  counts: dict | None = optional()
-  findings: int | None = optional()
-  files: list | None = optional()
-  first_findings: list | None = optional()
-  redacted: int | None = optional()
-
-
-@dataclasses.dataclass(frozen=True)
-class AccessControl(Record):
-  line: str
-  restricted: int
-  forbidden_hits: int | None = optional()
-  insider_found: list | None = optional()
-
-
-@dataclasses.dataclass(frozen=True)
-class Security(Record):
-  audit: Audit | None = None  # always written (null when the audit is off)
-  leakage: Leakage | None = optional()
-  poisoning: Poisoning | None = optional()
-  access_control: AccessControl | None = optional()
 
 
 # --- the whole run ----------------------------------------------------------------------------
