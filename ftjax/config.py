@@ -25,6 +25,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Loss over the vocabulary this many positions at a time (0: all at once); bounds the fp32
   # logits' memory at large vocabularies (ftjax.training.loss).
   c.loss_chunk = 0
+  # targets: the train step computes the LM head only at each row's loss positions (a row's
+  # answer tokens, gathered; sized from the packed data), where that skips a quarter of the
+  # positions or more; all: at every position (ftjax.training.step.token_losses).
+  c.loss_positions = "targets"
   c.seed = 0
   # A finished run's workdir whose trained params (or LoRA adapters) start this run, with a fresh
   # optimizer at step 0; same model and LoRA rank/alpha/targets. Empty: start from `model`.
@@ -100,6 +104,7 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_dtype": ("float32", "bfloat16"),
     "remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "loss_positions": ("targets", "all"),
     "attention": ("auto", "xla", "cudnn", "pallas_gpu", "splash"),
     "data.format": ("auto", "jsonl", "csv"),
     "data.on_bad_rows": ("skip", "error"),

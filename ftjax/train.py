@@ -33,7 +33,7 @@ from ftjax.checkpoints.orbax_store import Checkpointer
 from ftjax.config import ConfigError, validate
 from ftjax.models import lora as lora_lib
 from ftjax.sharding import shard_batch
-from ftjax.training.data import make_data
+from ftjax.training.data import loss_positions, make_data
 from ftjax.training.errors import TrainingDiverged
 from ftjax.training.evaluation import Evaluator
 from ftjax.training.metrics import MetricWriter, flops_per_token, peak_flops_per_device
@@ -98,9 +98,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     write_run_record(config, workdir, mesh, train, data)
 
   model_cfg, state, frozen = train.model_config, train.state, train.frozen
+  head_positions = loss_positions(config, data)
+  if is_main and head_positions:
+    print(f"loss: the LM head at {head_positions} of {config.seq_len} positions a row (the most "
+          f"loss tokens in a row: {data.max_row_targets})", flush=True)
   steps = jit_step_fns(make_step_fns(model_cfg, train.optimizer,
                                      accum_steps=config.grad_accum_steps,
-                                     lora=train.lora is not None, mesh=mesh), train, mesh)
+                                     lora=train.lora is not None, mesh=mesh,
+                                     loss_positions=head_positions), train, mesh)
   writer = MetricWriter(workdir, enabled=is_main)
   evaluate = Evaluator(steps.eval_step, data, mesh, rules, writer)
   history = []

@@ -103,3 +103,83 @@ def test_chunked_loss_in_bf16_matches_the_whole_vocabulary_bf16_loss():
   for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     scale = float(jnp.max(jnp.abs(want))) + 1e-6
     assert float(jnp.max(jnp.abs(got - want))) <= 0.02 * scale
+
+
+def _loss_and_grads_at(cfg, params, batch, loss_positions):
+  def loss(p):
+    total, count = masked_loss_sums(cfg, p, None, batch, None, None, True,
+                                    loss_positions=loss_positions)
+    return total / count
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def _assert_same(got, want, rtol=1e-6):
+  got_loss, got_grads = got
+  want_loss, want_grads = want
+  np.testing.assert_allclose(got_loss, want_loss, rtol=rtol)
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads),
+                          jax.tree_util.tree_leaves(want_grads)):
+    np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("family", ["untied", "tied_softcap"])
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_loss_at_the_target_positions_only_equals_the_whole_loss(family, chunk):
+  """A prompt-masked batch (answers at ragged spots, a padded row, a row with no target): the head
+  at only each row's loss positions gives the same loss and gradients as at every position."""
+  cfg, params, batch = _setup(family)
+  mask = np.zeros(batch["loss_mask"].shape, np.float32)
+  mask[0, 3:7] = mask[0, 17:22] = 1  # two examples packed in a row, answers apart
+  mask[1, 10:19] = 1
+  mask[2, 23] = 1  # the last position
+  batch = {**batch, "loss_mask": jnp.asarray(mask)}  # row 3: no target at all
+  want = _loss_and_grads(cfg, params, batch)
+  cfg = cfg.replace(loss_chunk=chunk)
+  for n in (9, 16):  # the most targets in a row; more (filler positions weigh 0)
+    _assert_same(_loss_and_grads_at(cfg, params, batch, n), want)
+
+
+def test_target_positions_pick_each_row_s_targets_in_order():
+  from ftjax.training.step import target_positions
+  mask = jnp.asarray([[0, 1, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 1]], jnp.float32)
+  index, weight = target_positions(mask, 3)
+  np.testing.assert_array_equal(index[0], [1, 2, 4])
+  np.testing.assert_array_equal(index[2][:2], [0, 4])
+  np.testing.assert_array_equal(weight, [[1, 1, 1], [0, 0, 0], [1, 1, 0]])
+
+
+def test_loss_positions_are_sized_from_the_data_and_dropped_when_they_save_little():
+  from ftjax.training.step import loss_positions_for
+  assert loss_positions_for(60, 512) == 64
+  assert loss_positions_for(129, 512) == 192
+  assert loss_positions_for(0, 512) == 64
+  assert loss_positions_for(400, 512) == 0  # 448 of 512: under a quarter saved
+  assert loss_positions_for(384, 512) == 384
+
+
+def test_the_train_step_with_target_positions_matches_every_position():
+  """The whole train step (LoRA, two accumulated micro-batches, AdamW): the same loss and update."""
+  import optax
+  from ftjax.models import lora as lora_lib
+  from ftjax.training.step import make_step_fns
+  cfg, params, batch = _setup("untied")
+  mask = np.zeros(batch["loss_mask"].shape, np.float32)
+  mask[:, 12:20] = 1
+  mask[1, 2:5] = 1
+  batch = {**batch, "loss_mask": jnp.asarray(mask)}
+  cfg = lora_lib.with_lora(cfg, rank=4, alpha=8.0, dropout=0.0)
+  adapters = lora_lib.init_lora(params, rank=4, targets=("q_proj", "down_proj"),
+                                rng=jax.random.PRNGKey(1))
+  adapters = jax.tree.map(lambda x: x + 0.01, adapters)  # non-zero b: every gradient flows
+  optimizer = optax.adamw(1e-2)
+  state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0), "params": adapters,
+           "opt_state": optimizer.init(adapters)}
+  out = {}
+  for n in (0, 16):
+    fns = make_step_fns(cfg, optimizer, accum_steps=2, lora=True, mesh=None, loss_positions=n)
+    out[n] = jax.jit(fns.train_step)(state, params, batch)
+  (s0, m0), (s16, m16) = out[0], out[16]
+  np.testing.assert_allclose(m16["loss"], m0["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m16["target_tokens"], m0["target_tokens"])
+  for a, b in zip(jax.tree_util.tree_leaves(s16["params"]), jax.tree_util.tree_leaves(s0["params"])):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -177,6 +177,13 @@ class SFTData:
     return int(sum(example.loss_mask[1:].sum() for example in self.train_examples))
 
   @property
+  def max_row_targets(self) -> int:
+    """The most loss tokens in any train row (rows are packed once, so this bounds every batch's
+    rows in every epoch): what the train step's `loss_positions` must cover."""
+    return max((int(sum(self.train_examples[i].loss_mask[1:].sum() for i in row))
+                for row in self.train_rows), default=0)
+
+  @property
   def batches_per_epoch(self) -> float:
     return len(self.train_rows) / self.batch_size
 

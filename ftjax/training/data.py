@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 
 def make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_main: bool):
@@ -35,3 +36,16 @@ def make_data(config: ml_collections.ConfigDict, workdir: Path, tokenizer, is_ma
     print(data.report.summary(), flush=True)
     data.report.write_json(workdir / "data_report.json")
   return data
+
+
+def loss_positions(config: ml_collections.ConfigDict, data) -> int:
+  """The train step's `loss_positions` (`config.loss_positions`: "targets" sizes it from the most
+  loss tokens in a packed row, over every process's rows; "all", or a saving under a quarter: 0)."""
+  from ftjax.training.step import loss_positions_for
+  if config.loss_positions != "targets":
+    return 0
+  most = data.max_row_targets
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
+  return loss_positions_for(most, config.seq_len)

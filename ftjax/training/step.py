@@ -21,27 +21,53 @@ from jax.sharding import Mesh
 
 from ftjax.models.config import ModelConfig
 from ftjax.models.transformer import forward, hidden_states, lm_head_weights
-from ftjax.training.loss import chunked_token_losses, cross_entropy
+from ftjax.training.loss import (chunked_token_losses, cross_entropy, head_logits,
+                                 token_cross_entropy)
 
 Batch = dict[str, jax.Array]
 
 
+def target_positions(mask: jax.Array, num_positions: int) -> tuple[jax.Array, jax.Array]:
+  """The first `num_positions` positions of each row where `mask` is set: (index [batch, n] into
+  the row, weight [batch, n]: the mask there, 0 for the filler past a row's last target)."""
+  index = jax.vmap(lambda row: jnp.nonzero(row, size=num_positions, fill_value=0)[0])(mask)
+  count = jnp.sum(mask != 0, axis=1, keepdims=True)
+  weight = jnp.take_along_axis(mask, index, axis=1).astype(jnp.float32)
+  return index, jnp.where(jnp.arange(num_positions) < count, weight, 0.0)
+
+
 def token_losses(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
-                 deterministic: bool) -> jax.Array:
+                 deterministic: bool, loss_positions: int = 0) -> jax.Array:
   """-log p(target) at every position of the batch: [batch, seq], fp32, unmasked.
+
+  With `loss_positions` (n > 0) only the LM head's rows that enter the loss are computed: the
+  first n positions of each row where `loss_mask` is set, gathered from the hidden states, so a
+  row whose answer is 60 of its 512 tokens pays for 60 rows of [hidden x vocab] logits (forward and
+  backward), not 512. The result is then [batch, n] and the batch's "loss_mask" must be read
+  through `target_positions` (`masked_loss_sums` does); n must be at least the most targets in a
+  row (the trainer takes it from the packed data), or the rest of a row's targets are left out.
 
   With `model_cfg.loss_chunk` the logits are made a chunk of positions at a time (see
   `ftjax.training.loss`), except on a vocab-sharded (`tensor`) mesh, where the vocab-parallel
-  softmax of `cross_entropy` already keeps each device's logits to its share of the vocabulary.
+  softmax of `cross_entropy` already keeps each device's logits to its share of the vocabulary
+  (and where `loss_positions` is not used).
   """
   vocab_parallel = mesh is not None and mesh.shape["tensor"] > 1
-  if model_cfg.loss_chunk and not vocab_parallel:
+  if (model_cfg.loss_chunk or loss_positions) and not vocab_parallel:
     hidden = hidden_states(model_cfg, params, batch["inputs"], batch["positions"],
                            batch["segment_ids"], lora=lora, deterministic=deterministic,
                            rngs=None if rng is None else {"dropout": rng})
+    targets = batch["targets"]
+    if loss_positions:
+      index, _ = target_positions(batch["loss_mask"], loss_positions)
+      hidden = jnp.take_along_axis(hidden, index[:, :, None], axis=1)
+      targets = jnp.take_along_axis(targets, index, axis=1)
     head, layout = lm_head_weights(model_cfg, params)
-    return chunked_token_losses(hidden, head, layout, batch["targets"],
-                                chunk=model_cfg.loss_chunk,
+    if not model_cfg.loss_chunk:
+      return token_cross_entropy(head_logits(hidden, head, layout, model_cfg.final_logit_softcap),
+                                 targets)
+    return chunked_token_losses(hidden, head, layout, targets,
+                                chunk=min(model_cfg.loss_chunk, targets.shape[1]),
                                 softcap=model_cfg.final_logit_softcap)
   logits = forward(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
                    lora=lora, deterministic=deterministic,
@@ -55,9 +81,13 @@ def _masked_sums(token_loss: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax
 
 
 def masked_loss_sums(model_cfg: ModelConfig, params, lora, batch: Batch, rng, mesh,
-                     deterministic: bool):
+                     deterministic: bool, loss_positions: int = 0):
   """(sum of masked token losses, number of target tokens) for one micro-batch."""
-  token_loss = token_losses(model_cfg, params, lora, batch, rng, mesh, deterministic)
+  token_loss = token_losses(model_cfg, params, lora, batch, rng, mesh, deterministic,
+                            loss_positions)
+  if token_loss.shape != batch["loss_mask"].shape:  # gathered: [batch, loss_positions]
+    _, weight = target_positions(batch["loss_mask"], loss_positions)
+    return jnp.sum(token_loss * weight), jnp.sum(batch["loss_mask"].astype(jnp.float32))
   return _masked_sums(token_loss, batch["loss_mask"])
 
 
@@ -78,13 +108,17 @@ def split_micro_batches(batch: Batch, accum_steps: int) -> Batch:
 
 
 def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
-                  accum_steps: int, lora: bool, mesh: Mesh | None) -> StepFns:
+                  accum_steps: int, lora: bool, mesh: Mesh | None,
+                  loss_positions: int = 0) -> StepFns:
+  """`loss_positions` > 0: the train step computes the LM head only at that many loss positions
+  a row (see `token_losses`; `loss_positions_for` sizes it from the data)."""
   def params_and_lora(trainable, frozen):
     return (frozen, trainable) if lora else (trainable, None)
 
   def loss_sums(trainable, frozen, micro, rng):
     params, adapters = params_and_lora(trainable, frozen)
-    return masked_loss_sums(model_cfg, params, adapters, micro, rng, mesh, deterministic=False)
+    return masked_loss_sums(model_cfg, params, adapters, micro, rng, mesh, deterministic=False,
+                            loss_positions=loss_positions)
 
   grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
@@ -137,6 +171,13 @@ def make_step_fns(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
             "answer_loss_sum": answer_loss_sum, "answer_tokens": answer_tokens}
 
   return StepFns(train_step, eval_step)
+
+
+def loss_positions_for(max_row_targets: int, seq_len: int, multiple: int = 64) -> int:
+  """The train step's `loss_positions` for rows with at most `max_row_targets` loss tokens: that,
+  rounded up to `multiple`; 0 (every position) where it would save less than a quarter."""
+  n = -(-max(max_row_targets, 1) // multiple) * multiple
+  return 0 if n > seq_len * 3 // 4 else n
 
 
 def jit_step_fns(fns: StepFns, train, mesh: Mesh) -> StepFns:
