@@ -216,6 +216,23 @@ def test_train_until_learned_selects_the_best_dev_step(tiny_llama_folder, domain
     assert "**under-trained**" in report
 
 
+def test_learning_curve_without_train_questions_still_measures_train_accuracy(
+    tiny_llama_folder, domain, tmp_path):
+  # curve_train_accuracy off: each evaluation asks the dev phrasings only; the kept step's train
+  # accuracy still comes from the arm's own answers to its training questions.
+  config = tiny_config(tiny_llama_folder, domain, arms=("finetuned",), **{
+      "finetune.num_steps": 2, "finetune.eval_every_steps": 1, "finetune.select": "best_dev",
+      "finetune.curve_train_accuracy": False})
+  config.data.updates = ""
+  summary = run(config, tmp_path / "run")
+  arm = summary["arms"]["finetuned"]
+  curve = arm["budget"]["learning_curves"][0]
+  assert [p["step"] for p in curve] == [1, 2]
+  assert all(p["dev_n"] == len(FACTS) and p["train_n"] == 0 and p["train_accuracy"] is None
+             for p in curve)
+  assert arm["train_accuracy"] is not None and arm["budget"]["train_accuracy"] is not None
+
+
 def test_local_weights_changed_in_place_rerun_the_arms(tiny_llama_folder, domain, tmp_path):
   import shutil
   import numpy as np

@@ -28,5 +28,6 @@ def get_config():
   c.finetune.eval_every_steps = 24
   c.raft.max_examples = 120
   c.raft.num_steps = 120
+  c.finetune.curve_train_accuracy = True  # both learning curves (train and dev accuracy)
   c.security.poison_fractions = (0.0, 0.2)
   return c

@@ -196,7 +196,8 @@ def train_key(ctx: Context, kind: str, seed: int) -> dict:
 class LearningMonitor:
   """Accuracy while training, by generation (Gekhman et al. 2024 stop early on a dev set): at
   every `finetune.eval_every_steps` the model answers dev questions (held-out phrasings of
-  training facts) and training questions, `finetune.eval_questions` of each. With
+  training facts) and, with `finetune.curve_train_accuracy`, training questions,
+  `finetune.eval_questions` of each. With
   `early_stop_patience` it stops training after that many evaluations without a better dev
   accuracy; `selected_step` is the first step with the best dev accuracy."""
 
@@ -204,8 +205,8 @@ class LearningMonitor:
     f = ctx.config.finetune
     self.ctx, self.arm, self.label = ctx, arm, label
     self.dev = data_lib.subsample(ctx.data.questions.get("dev", []), f.eval_questions, seed=1)
-    self.train = data_lib.subsample(ctx.data.questions.get("train", []), f.eval_questions,
-                                    seed=1)
+    self.train = (data_lib.subsample(ctx.data.questions.get("train", []), f.eval_questions,
+                                     seed=1) if f.curve_train_accuracy else [])
     self.patience = f.early_stop_patience
     self.curve: list[dict] = []
 
@@ -215,7 +216,8 @@ class LearningMonitor:
       index = open_index(self.ctx, index_stage(self.ctx)[0] / "index")
     answerer = make_answerer(self.ctx, self.arm, model, index)
     stream = self.dev + self.train
-    answers, seconds, _ = answer_questions(self.ctx, answerer, stream, f"step {step} dev+train")
+    answers, seconds, _ = answer_questions(self.ctx, answerer, stream,
+                                           f"step {step} dev" + ("+train" if self.train else ""))
     correct = [scoring.score_answer(a.text, q.answer, answers=q.answers,
                                     candidates=q.candidates, style=None)["correct"]
                for a, q in zip(answers, stream)]
