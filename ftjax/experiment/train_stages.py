@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ftjax import provenance
 from ftjax.evaluation import matching
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
@@ -18,7 +19,7 @@ from ftjax.experiment import planting
 from ftjax.experiment.answering import (answer_questions, index_stage, make_answerer,
                                         open_index, search_fn)
 from ftjax.experiment.cache import config_values, digest
-from ftjax.experiment.context import Context, peak_rss_gb
+from ftjax.experiment.context import Context
 from ftjax.prompts import document_messages, example_messages, paraphrase_request
 
 
@@ -284,7 +285,7 @@ def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps
           "steps": result.step, "tokens": tokens, "flops": flops * tokens,
           "examples": len(conversations), "trainable_params": result.trainable_params,
           "total_params": result.total_params,
-          "final_loss": losses[-1]["loss"] if losses else None, "peak_rss_gb": peak_rss_gb()}
+          "final_loss": losses[-1]["loss"] if losses else None, "peak_rss_gb": provenance.peak_rss_bytes() / 2**30}
 
 
 def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:

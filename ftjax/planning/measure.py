@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -63,18 +62,6 @@ def measure(model: str, method: str, batch: int, seq_len: int, *, steps: int = 1
                         "lora_rank": lora_rank, "remat": remat}], steps=steps, timeout=timeout)[0]
 
 
-def _peak_rss_bytes() -> int:
-  # VmHWM is this process's own peak. ru_maxrss is not: Linux carries it over fork and exec,
-  # so a child of a large process (a long pytest session) reports its parent's peak.
-  try:
-    for line in open("/proc/self/status"):
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_rank: int,
          remat: str, lora_variant: str = "lora", base_quant: str = "none",
          quant_block_size: int = 64, learning_rate: float = 1e-5) -> dict:
@@ -84,6 +71,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
   import optax
 
   import ftjax
+  from ftjax import provenance
   from ftjax.models import lora as lora_lib
   from ftjax.planning.hardware import calibrate_cpu
   from ftjax.training.step import make_step_fns
@@ -115,7 +103,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
       "segment_ids": np.ones((batch, seq_len), np.int32),
       "loss_mask": np.ones((batch, seq_len), np.float32)}
   setup_seconds = time.perf_counter() - started
-  rss_before_steps = _peak_rss_bytes()
+  rss_before_steps = provenance.peak_rss_bytes()
 
   def matmul_rate():  # ~1 s, sampled around every step: on a shared machine it drifts
     return calibrate_cpu(bandwidth=False)["matmul_flops_per_core"]
@@ -136,7 +124,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
     cpu_times.append(time.process_time() - cpu_started)
     losses.append(float(metrics["loss"]))
   rates.append(matmul_rate())
-  peak_rss = _peak_rss_bytes()
+  peak_rss = provenance.peak_rss_bytes()
   loss = float(metrics["loss"])
   del state, frozen, metrics
   calibration = calibrate_cpu()  # after the peak is read: its arrays would add to it
