@@ -191,7 +191,7 @@ def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
 def score_rows(ctx: Context, arm: str, seed: int | None, answers: dict[str, list[Answer]],
                settings: dict) -> list[dict]:
   """One row per answer: the question, the answer with its metadata (prompt, passages, finish
-  reason) and its scores (`summary.score_row`, which `ftjax.evaluation.score` reruns)."""
+  reason) and its scores (`summary.score_row`, which `ftjax.experiment.rescore` reruns)."""
   from ftjax.experiment.summary import score_row
   rows = []
   for split, split_answers in answers.items():
