@@ -248,7 +248,7 @@ def _fmt_rate(x):
 
 def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps: int = 0,
            init_from: str = "", label: str, monitor: LearningMonitor | None = None) -> dict:
-  from ftjax import train as train_lib
+  from ftjax.training import loop as train_loop
   from ftjax.training.metrics import flops_per_token
   train_file = folder / "train.jsonl"
   _write_jsonl(train_file, conversations)
@@ -258,7 +258,7 @@ def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps
   ctx.progress.say(f"[{label}] training on {len(conversations)} examples for "
                    f"{train_cfg.num_steps} steps ({'LoRA' if train_cfg.lora.enabled else 'full'})")
   started = time.perf_counter()
-  result = train_lib.run(train_cfg, folder / "run",
+  result = train_loop.run(train_cfg, folder / "run",
                          on_eval=monitor.on_eval if monitor else None)
   seconds = time.perf_counter() - started
   tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in result.history)
