@@ -175,7 +175,7 @@ def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, t
       tmp_path / "merged", attn_implementation="eager").eval()
   np.testing.assert_allclose(_torch_logits(merged),
                              _logits(loaded.config, loaded.params, loaded.adapters), atol=1e-4)
-  from ftjax.generate import SamplingConfig, generate
+  from ftjax.generation import SamplingConfig, generate
   [answer] = generate(loaded, ["How do I reset my password?"], SamplingConfig(max_new_tokens=4))
   assert 1 <= len(answer.token_ids) <= 4  # a QLoRA workdir generates
 
