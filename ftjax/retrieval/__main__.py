@@ -42,7 +42,8 @@ class UsageError(ValueError):
 
 
 def main(argv=None):
-  parser = cli.Parser(description="Build, update, query and evaluate a retrieval index.")
+  parser = cli.Parser(prog="python -m ftjax.retrieval",
+                      description="Build, update, query and evaluate a retrieval index.")
   commands = parser.add_subparsers(dest="command", required=True)
 
   def command(name, help_text):
