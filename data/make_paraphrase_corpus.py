@@ -3,7 +3,7 @@
   python data/make_paraphrase_corpus.py --num_docs 1000 --out_dir data/paraphrase
 
 gives `docs.jsonl` ({"id", "title", "text"}) and `qa.jsonl` ({"question", "answer", "doc_id"}),
-ready for `RetrievalIndex.add(read_jsonl(...))` and `python -m ftjax.data.raft`.
+ready for `RetrievalIndex.add(read_jsonl(...))` and `python -m ftjax.raft`.
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Text generation from the command line; `ftjax.generation`'s API under its historical name.
+"""Text generation from the command line (the API is `ftjax.generation`).
 
 Greedy decoding of 64 new tokens by default (the `SamplingConfig` defaults); `--sample` samples
 with `--temperature/--top_k/--top_p`.
@@ -13,12 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ftjax.generation import (Completion, PrefixCache, Prompt, SamplingConfig, chat_prefix_split,
-                              encode_prompts, eos_token_ids, generate, generate_ids,
-                              prefill_prefix)
-
-__all__ = ["Completion", "PrefixCache", "Prompt", "SamplingConfig", "chat_prefix_split",
-           "encode_prompts", "eos_token_ids", "generate", "generate_ids", "prefill_prefix", "main"]
+from ftjax.generation import SamplingConfig, generate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,18 +22,6 @@ def _fail(option: str, message: str):
   cli.fail(f"{option}: {message}")
 
 
-def model_config(name: str):
-  """The ModelConfig of a registered name, folder, hub id or training workdir (no weights)."""
-  from ftjax.checkpoints import resolve
-  from ftjax.checkpoints.hf_import import read_hf_config
-  from ftjax.checkpoints.loading import RunModel
-  from ftjax.checkpoints.registry import is_workdir
-  from ftjax.models.config import from_hf_config
-  if is_workdir(name):
-    name = RunModel.read(name).base_model
-  return from_hf_config(read_hf_config(resolve(name)))
-
-
 def _gb(n: float) -> str:
   return f"{n / 1e9:8.2f} GB"
 
@@ -126,6 +114,7 @@ def main(argv=None):
   if args.method == "full" and (args.base_quant != "none" or args.lora_variant != "lora"):
     _fail("--base_quant" if args.base_quant != "none" else "--lora_variant",
           "applies to --method lora (a quantized base is frozen)")
+  from ftjax.checkpoints import model_config
   cfg = cli.run_main(model_config, args.model, errors=(OSError, ValueError), prefix="--model: ")
   if args.seq_len > cfg.max_position_embeddings:
     _fail("--seq_len", f"{args.seq_len} exceeds the model's context of "

@@ -1,11 +1,14 @@
 """What made a result: package versions, the git commit and the machine, written with every
 result (a training run's run_info.json, an experiment's experiment.json, every benchmark's JSON)
-so that a table in a report can be traced to the code and machine that produced it."""
+so that a table in a report can be traced to the code and machine that produced it; and the
+process's peak resident memory, which the experiment, the planner's measurements and the benchmarks
+report with their results."""
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 from importlib import metadata
@@ -55,6 +58,20 @@ def machine() -> dict:
           "cpu_count": os.cpu_count(), "cores_available": cores,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "device_kind": jax.devices()[0].device_kind}
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory (VmHWM). ru_maxrss is the fallback only: Linux carries it
+  over fork and exec, so a child of a large process (a long pytest session) reports its parent's
+  peak."""
+  try:
+    with open("/proc/self/status") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def record(extra_packages: tuple[str, ...] = ()) -> dict:

@@ -13,7 +13,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=int(num_processes),
                            process_id=int(process_id))
 
-import ftjax.train  # noqa: E402
+from ftjax.training import loop as train_loop  # noqa: E402
 from ftjax.config import base_config  # noqa: E402
 
 config = base_config()
@@ -29,7 +29,7 @@ config.optimizer.warmup_steps = 1
 config.mesh.data = 2
 config.mesh.fsdp = 2
 config.mesh.tensor = 2
-result = ftjax.train.run(config, workdir)
+result = train_loop.run(config, workdir)
 print("RESULT " + json.dumps({
     "process_index": jax.process_index(), "device_count": jax.device_count(),
     "losses": [h["loss"] for h in result.history],

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import ftjax
-import ftjax.train
+from ftjax.training import loop as train_loop
 from ftjax.config import base_config
 from ftjax.data import build_sft_data
 from ftjax.models import forward
@@ -101,7 +101,7 @@ def test_train_reports_eval_answer_loss_beside_eval_loss(tiny_llama_folder, tiny
   c.checkpoint.every_steps = 1000
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 1
-  result = ftjax.train.run(c, tmp_path / "run")
+  result = train_loop.run(c, tmp_path / "run")
   assert [h["step"] for h in result.eval_history] == [1, 2]
   final = result.eval_history[-1]
 

@@ -152,7 +152,7 @@ def test_every_arm_end_to_end_then_cached(tiny_llama_folder, domain, tmp_path):
       assert not r.get("passage_texts") and "[1] " not in r["prompt"]
 
   # Re-scoring the saved answers without a model reproduces the summary exactly.
-  from ftjax.evaluation.score import rescore
+  from ftjax.experiment.rescore import rescore
   saved = (workdir / "summary.json").read_text()
   rescore(workdir)
   assert (workdir / "summary.json").read_text() == saved

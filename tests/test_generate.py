@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import ftjax
-from ftjax.generate import SamplingConfig, encode_prompts, generate, generate_ids
+from ftjax.generation import SamplingConfig, encode_prompts, generate, generate_ids
 
 SMOL_PROMPTS = [
     "What is the capital of France?",

@@ -8,7 +8,7 @@ import pytest
 
 import ftjax
 from ftjax.models import lora as lora_lib
-from ftjax.generate import (PrefixCache, SamplingConfig, chat_prefix_split, encode_prompts,
+from ftjax.generation import (PrefixCache, SamplingConfig, chat_prefix_split, encode_prompts,
                             generate, prefill_prefix)
 from ftjax.generation import decoding
 

@@ -100,7 +100,7 @@ def test_model_args_are_checked(tiny_llama_folder):
 
 
 def test_cli_runs_lm_eval_with_the_ftjax_model(tiny_llama_folder, capsys, monkeypatch):
-  from ftjax.evaluation.harness import main
+  from ftjax.harness import main
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() replaces it
   capsys.readouterr()
@@ -114,7 +114,7 @@ def test_cli_runs_lm_eval_with_the_ftjax_model(tiny_llama_folder, capsys, monkey
 
 
 def test_cli_unknown_model_is_one_error_line(capsys, monkeypatch):
-  from ftjax.evaluation.harness import main
+  from ftjax.harness import main
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() replaces it
   with pytest.raises(SystemExit) as exit_info:  # in-process: the CLI path without a second start

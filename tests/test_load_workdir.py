@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ftjax
-import ftjax.train
+from ftjax.training import loop as train_loop
 from ftjax.checkpoints import CheckpointError
 from ftjax.config import ConfigError, base_config
 from ftjax.models.lora import LoraSpec
@@ -56,13 +56,13 @@ def base(tiny_llama_folder):
 @pytest.fixture(scope="module")
 def lora_run(tiny_llama_folder, data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("lora_run")
-  return ftjax.train.run(_config(tiny_llama_folder, data, **LORA), workdir)
+  return train_loop.run(_config(tiny_llama_folder, data, **LORA), workdir)
 
 
 @pytest.fixture(scope="module")
 def full_run(tiny_llama_folder, data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full_run")
-  return ftjax.train.run(_config(tiny_llama_folder, data), workdir)
+  return train_loop.run(_config(tiny_llama_folder, data), workdir)
 
 
 def _max_diff(a, b):
@@ -128,7 +128,7 @@ def test_init_from_continues_a_finished_run(lora_run, full_run, tiny_llama_folde
   # params the run started from.
   config = _config(tiny_llama_folder, data, init_from=str(lora_run.workdir), eval_every_steps=1,
                    **LORA)
-  second = ftjax.train.run(config, tmp_path / "second")
+  second = train_loop.run(config, tmp_path / "second")
   assert second.history[0]["step"] == 1 and second.history[0]["learning_rate"] == 0.0
   np.testing.assert_allclose(second.eval_history[0]["eval_loss"],
                              lora_run.eval_history[-1]["eval_loss"], rtol=1e-6)
@@ -139,20 +139,20 @@ def test_init_from_continues_a_finished_run(lora_run, full_run, tiny_llama_folde
 
   # A run with its own checkpoint resumes from it; init_from only seeds a fresh run.
   config.num_steps = 4
-  resumed = ftjax.train.run(config, tmp_path / "second")
+  resumed = train_loop.run(config, tmp_path / "second")
   assert [h["step"] for h in resumed.history] == [4]
   info = json.loads((tmp_path / "second" / "run_info.json").read_text())
   assert info["resumed_at_step"] == 3 and info["init_from_step"] is None
 
   with pytest.raises(ConfigError, match=r"init_from.*lora\.rank: 4 there, 2 here"):
-    ftjax.train.run(_config(tiny_llama_folder, data, init_from=str(lora_run.workdir),
+    train_loop.run(_config(tiny_llama_folder, data, init_from=str(lora_run.workdir),
                             **{**LORA, "lora.rank": 2}), tmp_path / "rank2")
   with pytest.raises(ConfigError, match=r"init_from.*lora\.enabled: False there, True here"):
-    ftjax.train.run(_config(tiny_llama_folder, data, init_from=str(full_run.workdir), **LORA),
+    train_loop.run(_config(tiny_llama_folder, data, init_from=str(full_run.workdir), **LORA),
                     tmp_path / "lora_on_full")
   started = tmp_path / "started"
   (started / "checkpoints").mkdir(parents=True)
   shutil.copy(lora_run.workdir / "model.json", started / "model.json")
   with pytest.raises(ConfigError, match=r"init_from.*no finished checkpoint"):
-    ftjax.train.run(_config(tiny_llama_folder, data, init_from=str(started), **LORA),
+    train_loop.run(_config(tiny_llama_folder, data, init_from=str(started), **LORA),
                     tmp_path / "from_nothing")

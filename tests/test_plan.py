@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from ftjax import checkpoints
 from ftjax import plan as plan_cli
 from ftjax.planning import estimate, hardware
 
@@ -23,12 +24,12 @@ def test_param_counts_equal_the_loaded_trees(tiny, smollm2_folder):
   adapters = lora.init_lora(tiny.params, rank=4, targets=lora.ALL_TARGETS,
                             rng=jax.random.PRNGKey(0))
   assert estimate.lora_param_count(tiny.config, 4) == count(adapters)
-  smollm2 = plan_cli.model_config(str(smollm2_folder))
+  smollm2 = checkpoints.model_config(str(smollm2_folder))
   assert estimate.param_count(smollm2) == 134_515_008  # SmolLM2-135M's published size
 
 
 def test_memory_orders_and_scales(smollm2_folder):
-  cfg, cpu = plan_cli.model_config(str(smollm2_folder)), hardware.ACCELERATORS["h100"]
+  cfg, cpu = checkpoints.model_config(str(smollm2_folder)), hardware.ACCELERATORS["h100"]
   inputs = estimate.PlanInputs(method="full", train_tokens=1e6, seq_len=256, batch=4)
   by_remat = {r: estimate.memory(cfg, estimate.PlanInputs(**{**inputs.__dict__, "remat": r}),
                                  cpu)["activations"] for r in estimate.REMAT_POLICIES}
@@ -44,7 +45,7 @@ def test_memory_orders_and_scales(smollm2_folder):
 
 def test_step_flops_count_adapters_and_recomputation(smollm2_folder):
   from ftjax.training.metrics import flops_per_token
-  cfg = plan_cli.model_config(str(smollm2_folder))
+  cfg = checkpoints.model_config(str(smollm2_folder))
   inputs = estimate.PlanInputs(method="lora", train_tokens=1e6, seq_len=256, batch=4,
                                lora_rank=8)
   lora = estimate.train_flops_per_token(cfg, inputs)
@@ -127,7 +128,7 @@ def measured_runs():
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_memory_prediction_matches_a_measured_run(method, measured_runs, smollm2_folder):
   measured = measured_runs[method]
-  cfg = plan_cli.model_config(str(smollm2_folder))
+  cfg = checkpoints.model_config(str(smollm2_folder))
   inputs = estimate.PlanInputs(method=method, train_tokens=1e6, seq_len=SEQ_LEN, batch=BATCH,
                                lora_rank=measured["lora_rank"])
   one_core = hardware.cpu_hardware(measured["calibration"], cores=1)

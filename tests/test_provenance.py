@@ -21,3 +21,11 @@ def test_record_names_versions_commit_and_machine(tmp_path):
   machine = record["machine"]
   assert machine["cpu_count"] >= 1 and machine["devices"] == [str(d) for d in jax.devices()]
   assert machine["platform"] and machine["backend"] == jax.default_backend()
+
+
+def test_peak_rss_is_this_process_high_water_mark():
+  before = provenance.peak_rss_bytes()
+  grown = bytearray(64 * 2**20)  # touched: resident
+  after = provenance.peak_rss_bytes()
+  del grown
+  assert after >= before > 0 and after >= 64 * 2**20

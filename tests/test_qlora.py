@@ -13,6 +13,7 @@ import transformers
 
 import ftjax
 import ftjax.train
+from ftjax.training import loop as train_loop
 from ftjax.checkpoints import export
 from ftjax.config import ConfigError, base_config, validate
 from ftjax.models import forward, logical_param_specs, matmul, quant
@@ -145,7 +146,7 @@ def test_qlora_recipe_validates():
 def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, tmp_path):
   config = _tiny_config(tiny_llama_folder, **{"lora.base_quant": "nf4",
                                               "mesh.data": 1, "mesh.num_devices": 1})
-  result = ftjax.train.run(config, tmp_path)
+  result = train_loop.run(config, tmp_path)
   losses = [h["loss"] for h in result.history]
   assert len(losses) == 6 and losses[-1] < losses[0]
   # The base stayed as quantized at the start (codes bit-identical): it received no update.
@@ -174,7 +175,7 @@ def test_qlora_training_learns_with_a_frozen_quantized_base(tiny_llama_folder, t
       tmp_path / "merged", attn_implementation="eager").eval()
   np.testing.assert_allclose(_torch_logits(merged),
                              _logits(loaded.config, loaded.params, loaded.adapters), atol=1e-4)
-  from ftjax.generate import SamplingConfig, generate
+  from ftjax.generation import SamplingConfig, generate
   [answer] = generate(loaded, ["How do I reset my password?"], SamplingConfig(max_new_tokens=4))
   assert 1 <= len(answer.token_ids) <= 4  # a QLoRA workdir generates
 
@@ -190,7 +191,7 @@ def test_qlora_dora_mesh_layouts_give_the_same_losses(tiny_llama_folder, tmp_pat
   for name, mesh in MESHES.items():
     config = _tiny_config(tiny_llama_folder, **{"lora.base_quant": "int8", "lora.variant": "dora",
                                                 "num_steps": 3, **mesh})
-    result = ftjax.train.run(config, tmp_path / name.replace(" ", "_"))
+    result = train_loop.run(config, tmp_path / name.replace(" ", "_"))
     losses[name] = np.array([h["loss"] for h in result.history])
   reference = losses["one device"]
   assert len(reference) == 3 and reference[-1] < reference[0]
@@ -203,10 +204,10 @@ def test_qlora_resume_continues_exactly(tiny_llama_folder, tmp_path):
   config = _tiny_config(tiny_llama_folder, **{
       "lora.base_quant": "nf4", "lora.variant": "dora", "lora.dropout": 0.1, "mesh.data": 1,
       "mesh.num_devices": 1, "checkpoint.every_steps": 2, "checkpoint.async_save": False})
-  straight = ftjax.train.run(config, tmp_path / "run")
+  straight = train_loop.run(config, tmp_path / "run")
   # As if the run had stopped right after its step-4 checkpoint: it resumes from there.
   shutil.rmtree(tmp_path / "run" / "checkpoints" / "6")
-  resumed = ftjax.train.run(config, tmp_path / "run")
+  resumed = train_loop.run(config, tmp_path / "run")
   assert [h["step"] for h in resumed.history] == [5, 6]
   np.testing.assert_allclose([h["loss"] for h in resumed.history],
                              [h["loss"] for h in straight.history[4:]], rtol=1e-6)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from ftjax import raft as raft_cli
 from ftjax.data import raft
 from ftjax.retrieval import metrics
 from ftjax.retrieval.corpus import CorpusError, QAPair
@@ -67,9 +68,9 @@ def test_raft_cli_writes_chat_jsonl(tmp_path, corpus):
   (tmp_path / "docs.jsonl").write_text(
       "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in passages.items()))
   (tmp_path / "qa.jsonl").write_text("".join(json.dumps(p._asdict()) + "\n" for p in qa))
-  raft.main(["--qa", str(tmp_path / "qa.jsonl"), "--corpus", str(tmp_path / "docs.jsonl"),
-             "--out", str(tmp_path / "raft.jsonl"), "--meta_out", str(tmp_path / "meta.jsonl"),
-             "--oracle_fraction", "0.5"])
+  raft_cli.main(["--qa", str(tmp_path / "qa.jsonl"), "--corpus", str(tmp_path / "docs.jsonl"),
+                 "--out", str(tmp_path / "raft.jsonl"), "--meta_out", str(tmp_path / "meta.jsonl"),
+                 "--oracle_fraction", "0.5"])
   rows = [json.loads(line) for line in (tmp_path / "raft.jsonl").read_text().splitlines()]
   assert len(rows) == len(qa) and all(list(row) == ["messages"] for row in rows)
   meta = [json.loads(line) for line in (tmp_path / "meta.jsonl").read_text().splitlines()]

@@ -88,7 +88,7 @@ def test_answer_records_passages_and_prompt_tokens(smollm2_tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_rag_with_the_real_model(smollm2, tmp_path):
-  from ftjax.generate import SamplingConfig
+  from ftjax.generation import SamplingConfig
   index = RetrievalIndex.create(tmp_path / "index", IndexConfig(dense=False))
   index.add([Document("bridge", "The Velmora Bridge was designed by the engineer Ada Grell."),
              Document("festival", "The Quillon Festival is held every autumn in Harrowgate.")])

@@ -16,6 +16,7 @@ import pytest
 
 import ftjax
 import ftjax.train
+from ftjax.training import loop as train_loop
 from ftjax.config import base_config
 from ftjax.data.pipeline import SFTData
 from ftjax.checkpoints.orbax_store import all_finite, latest_step, restore_params
@@ -105,7 +106,7 @@ def test_one_nan_batch_is_skipped_counted_and_training_goes_on(tiny_llama_folder
     return batch
 
   monkeypatch.setattr(SFTData, "train_batch", train_batch)
-  result = ftjax.train.run(_config(tiny_llama_folder, num_steps=5), tmp_path)
+  result = train_loop.run(_config(tiny_llama_folder, num_steps=5), tmp_path)
   assert [h["nonfinite"] for h in result.history] == [0, 1, 0, 0, 0]
   assert [h["skipped_steps"] for h in result.history] == [0, 1, 1, 1, 1]
   assert np.isnan(result.history[1]["loss"])
@@ -173,7 +174,7 @@ def _nan_params(step_dir: Path):
 def four_steps(tiny_llama_folder, tmp_path_factory):
   """A finished 4-step run with checkpoints 2, 3, 4."""
   workdir = tmp_path_factory.mktemp("four_steps")
-  ftjax.train.run(_config(tiny_llama_folder, **{"checkpoint.keep": 3}), workdir)
+  train_loop.run(_config(tiny_llama_folder, **{"checkpoint.keep": 3}), workdir)
   assert _steps(workdir) == [2, 3, 4]
   return workdir
 
@@ -186,7 +187,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(
   shutil.copytree(four_steps, workdir)
   damage(workdir / "checkpoints" / "4")
   capsys.readouterr()
-  result = ftjax.train.run(_config(tiny_llama_folder, num_steps=6), workdir)
+  result = train_loop.run(_config(tiny_llama_folder, num_steps=6), workdir)
   out, err = capsys.readouterr()
   warnings = [line for line in err.splitlines() if line.startswith("warning:")]
   assert len(warnings) == 1 and "checkpoint step 4" in warnings[0] and "damaged" in warnings[0]
@@ -212,8 +213,8 @@ def test_damaged_checkpoint_is_one_warning_line_in_a_process_of_its_own(tiny_lla
   shutil.copytree(four_steps, workdir)
   _delete_largest_state_file(workdir / "checkpoints" / "4")
   script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "import ftjax.train\nfrom test_reliability import _config\n"
-            f"ftjax.train.run(_config({str(tiny_llama_folder)!r}, num_steps=5), {str(workdir)!r})")
+            "from ftjax.training import loop as train_loop\nfrom test_reliability import _config\n"
+            f"train_loop.run(_config({str(tiny_llama_folder)!r}, num_steps=5), {str(workdir)!r})")
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -227,7 +228,7 @@ def test_damaged_checkpoint_is_one_warning_line_in_a_process_of_its_own(tiny_lla
 
 def test_resume_with_other_lora_rank_is_refused(tiny_llama_folder, tmp_path, capsys):
   lora = {"lora.enabled": True, "lora.rank": 4, "num_steps": 2}
-  ftjax.train.run(_config(tiny_llama_folder, **lora), tmp_path)
+  train_loop.run(_config(tiny_llama_folder, **lora), tmp_path)
   for model_json in (True, False):  # model.json catches it; without it, the saved shapes do
     if not model_json:
       (tmp_path / "model.json").unlink()

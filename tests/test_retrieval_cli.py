@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ftjax.retrieval.__main__ import main, ranked_doc_ids
+from ftjax.retrieval.__main__ import main
+from ftjax.retrieval.metrics import ranked_doc_ids
 from ftjax.retrieval.corpus import Document
 from ftjax.retrieval.index import IndexConfig, RetrievalIndex
 

@@ -17,6 +17,7 @@ import pytest
 import ftjax
 import ftjax.config
 import ftjax.train
+from ftjax.training import loop as train_loop
 from ftjax.models import lora as lora_lib
 from ftjax.config import ConfigError, base_config
 from ftjax.models import forward
@@ -165,7 +166,7 @@ def test_mesh_layouts_give_the_same_losses(tiny_llama_folder, tmp_path):
   assert jax.device_count() == 8
   losses = {}
   for name, mesh in MESHES.items():
-    result = ftjax.train.run(_tiny_config(tiny_llama_folder, **mesh), tmp_path / name.replace(" ", "_"))
+    result = train_loop.run(_tiny_config(tiny_llama_folder, **mesh), tmp_path / name.replace(" ", "_"))
     losses[name] = np.array([h["loss"] for h in result.history])
     # The sample rows have no `answer`: no answer loss is reported, rather than a 0 or a NaN.
     assert "eval_loss" in result.eval_history[-1]
@@ -187,7 +188,7 @@ def test_lora_freezes_base_and_starts_at_base_logits(tiny_llama_folder, tiny, tm
   config = _tiny_config(tiny_llama_folder, **{
       "lora.enabled": True, "lora.rank": 4, "lora.alpha": 8.0, "lora.dropout": 0.1,
       "lora.targets": ("q_proj", "v_proj", "down_proj"), "optimizer.learning_rate": 1e-2})
-  result = ftjax.train.run(config, tmp_path)
+  result = train_loop.run(config, tmp_path)
   e, h, kv, d, f, layers = 64, 4, 2, 16, 128, 2
   expected = layers * ((e * 4 + 4 * h * d) + (e * 4 + 4 * kv * d) + (f * 4 + 4 * e))
   assert result.trainable_params == expected
@@ -322,7 +323,7 @@ def test_smollm2_lora_overfits_4_examples(tmp_path):
   c.lora.targets = lora_lib.ALL_TARGETS
   c.mesh.data = 1
   c.mesh.num_devices = 1
-  result = ftjax.train.run(c, tmp_path / "run")
+  result = train_loop.run(c, tmp_path / "run")
   losses = [h["loss"] for h in result.history]
   print("SmolLM2 LoRA overfit losses:", [round(x, 3) for x in losses])
   assert losses[-1] < 0.1 < losses[0]
@@ -330,11 +331,11 @@ def test_smollm2_lora_overfits_4_examples(tmp_path):
 
 def test_remat_gives_the_same_losses_and_bf16_keeps_fp32_master_weights(tiny_llama_folder,
                                                                         tmp_path):
-  plain = ftjax.train.run(_tiny_config(tiny_llama_folder), tmp_path / "plain")
-  remat = ftjax.train.run(_tiny_config(tiny_llama_folder, remat_policy="full"), tmp_path / "remat")
+  plain = train_loop.run(_tiny_config(tiny_llama_folder), tmp_path / "plain")
+  remat = train_loop.run(_tiny_config(tiny_llama_folder, remat_policy="full"), tmp_path / "remat")
   np.testing.assert_allclose([h["loss"] for h in remat.history],
                              [h["loss"] for h in plain.history], rtol=1e-5)
-  bf16 = ftjax.train.run(_tiny_config(tiny_llama_folder, dtype="bfloat16", num_steps=6),
+  bf16 = train_loop.run(_tiny_config(tiny_llama_folder, dtype="bfloat16", num_steps=6),
                          tmp_path / "bf16")
   assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jnp.dtype("float32")}
   losses = [h["loss"] for h in bf16.history]

@@ -185,7 +185,7 @@ def decode_bytes_per_step(h, batch, prompt, new):
 def ftjax_decode(h, batch, prompt, new, bandwidth=0.0):
   import jax
   import numpy as np
-  from ftjax.generate import SamplingConfig
+  from ftjax.generation import SamplingConfig
   from ftjax.generation.decoding import generate_ids
   from ftjax.models.config import from_hf_config
   from ftjax.models.transformer import init_params

@@ -31,7 +31,7 @@ import torch
 import ftjax
 from ftjax import provenance
 from ftjax.checkpoints import resolve
-from ftjax.generate import SamplingConfig, encode_prompts, generate_ids
+from ftjax.generation import SamplingConfig, encode_prompts, generate_ids
 from ftjax.models import forward
 from ftjax.training.step import make_step_fns
 

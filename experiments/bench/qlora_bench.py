@@ -17,8 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
-from ftjax.checkpoints import resolve
-from ftjax.plan import model_config
+from ftjax.checkpoints import model_config, resolve
 from ftjax.planning import estimate, hardware
 from ftjax.planning.measure import measure_many
 

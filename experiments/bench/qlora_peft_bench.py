@@ -33,13 +33,6 @@ CASES = {  # name -> (ftjax base_quant, bitsandbytes quantization)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _peak_rss_bytes() -> int:
-  for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-      return int(line.split()[1]) * 1024
-  return 0
-
-
 def peer_run(model: str, quant: str | None, batch: int, seq_len: int, steps: int, rank: int,
              learning_rate: float, block: int) -> dict:
   """transformers + peft (+ bitsandbytes) on one core: the same batch, rank, targets, optimizer."""
@@ -51,6 +44,7 @@ def peer_run(model: str, quant: str | None, batch: int, seq_len: int, steps: int
   from peft import LoraConfig, get_peft_model
   from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+  from ftjax import provenance
   from ftjax.checkpoints import resolve
 
   warnings.filterwarnings("ignore")
@@ -94,7 +88,7 @@ def peer_run(model: str, quant: str | None, batch: int, seq_len: int, steps: int
     losses.append(step())
     times.append(time.perf_counter() - t)
     cpu_times.append(time.process_time() - c)
-  return {"peak_rss_bytes": _peak_rss_bytes(), "step_seconds": float(np.median(times)),
+  return {"peak_rss_bytes": provenance.peak_rss_bytes(), "step_seconds": float(np.median(times)),
           "step_cpu_seconds": float(np.median(cpu_times)), "losses": losses,
           "setup_seconds": setup_seconds,
           "trainable_params": sum(p.numel() for p in trainable)}

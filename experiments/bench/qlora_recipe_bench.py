@@ -4,9 +4,9 @@ of steps of `configs/smollm2_lora.py` (issue 24).
   python experiments/bench/qlora_recipe_bench.py --steps 20 \
       --out experiments/bench/results/qlora_recipe_cpu.json
 
-Each case is `ftjax.train.run` on the recipe as shipped (SmolLM2-135M-Instruct, the customer-service
-sample, batch 8 x 256, AdamW 1e-3 with warm-up, rank 16 on all seven projections, dropout 0.05,
-the same seed and data order), with only `lora.base_quant` / `lora.variant` changed and the step
+Each case is `ftjax.training.loop.run` on the recipe as shipped (SmolLM2-135M-Instruct, the
+customer-service sample, batch 8 x 256, AdamW 1e-3 with warm-up, rank 16 on all seven projections,
+dropout 0.05, the same seed and data order), with only `lora.base_quant` / `lora.variant` changed and the step
 count cut to --steps. Reported: the loss at step 1, the mean loss over the last 5 steps (one
 step's loss is one batch's), the loss on the recipe's held-out split (the rows `ftjax.train`
 holds out for evaluation) after the last step, and the run's wall seconds (the machine's other work included: step
@@ -46,7 +46,7 @@ def main():
   args = parser.parse_args()
   os.chdir(ROOT)  # the recipe's data path is relative to the repository
   from ftjax import provenance
-  from ftjax import train
+  from ftjax.training import loop
 
   rows = []
   for name, case in CASES.items():
@@ -58,7 +58,7 @@ def main():
     config.lora.variant = case["variant"]
     with tempfile.TemporaryDirectory() as workdir:
       started = time.perf_counter()
-      result = train.run(config, workdir)
+      result = loop.run(config, workdir)
       seconds = time.perf_counter() - started
     losses = [h["loss"] for h in result.history]
     tail = losses[-5:]

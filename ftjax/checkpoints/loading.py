@@ -104,10 +104,11 @@ def load_tokenizer(name_or_path: str | os.PathLike):
   return tokenizer
 
 
-def _model_config(name_or_path, **config_args) -> ModelConfig:
-  """The ModelConfig alone (a run's is its base's: training never changes the architecture)."""
+def model_config(name_or_path, **config_args) -> ModelConfig:
+  """The ModelConfig of a registered name, folder, hub id or training workdir, no weights loaded
+  (a run's is its base's: training never changes the architecture)."""
   if is_workdir(name_or_path):
-    return _model_config(RunModel.read(name_or_path).base_model, **config_args)
+    return model_config(RunModel.read(name_or_path).base_model, **config_args)
   return from_hf_config(read_hf_config(resolve(name_or_path)), **config_args)
 
 
@@ -195,7 +196,7 @@ def _load_run(workdir: Path, *, dtype, param_dtype, allow_pickle, tokenizer, dev
   step = latest_trained_step(workdir) if step is None else step
   dtype, param_dtype = dtype or run.dtype, param_dtype or run.param_dtype
   if run.lora is None:  # the checkpoint holds every param: the base's weights are not read
-    cfg = _model_config(run.base_model, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    cfg = model_config(run.base_model, dtype=dtype, param_dtype=param_dtype, **config_overrides)
     params = restore_params(workdir / "checkpoints", step, dtype=jnp.dtype(param_dtype))
     adapters = None
   else:

@@ -10,9 +10,8 @@ to ignore distractors, and to answer from what it has learnt when retrieval miss
 Distractors are drawn at random from the other passages, or, with `negatives`, taken first from
 a retriever's ranking (hard negatives) and topped up at random. Output rows are
 `{"messages": [...]}`, the format the SFT data loader reads; what each example contains (oracle
-or not, passage ids) is returned beside them. Deterministic in `seed`.
-
-  python -m ftjax.data.raft --qa qa.jsonl --corpus docs.jsonl --out raft.jsonl
+or not, passage ids) is returned beside them. Deterministic in `seed`. The command line is
+`python -m ftjax.raft`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ftjax.retrieval.corpus import CorpusError, QAPair, read_jsonl
+from ftjax.retrieval.corpus import CorpusError, QAPair
 from ftjax.prompts import DEFAULT_RAG_INSTRUCTION as DEFAULT_INSTRUCTION
 from ftjax.prompts import render_rag_prompt as render_prompt
 
@@ -134,33 +133,3 @@ def write_jsonl(examples: Sequence[RaftExample], path: str | os.PathLike,
         f.write(json.dumps({"doc_id": ex.doc_id, "oracle_included": ex.oracle_included,
                             "passage_ids": ex.passage_ids}) + "\n")
 
-
-def main(argv=None):
-  from ftjax import cli
-  parser = cli.Parser(description=__doc__.splitlines()[0])
-  parser.add_argument("--qa", required=True, help="JSONL with question, answer, doc_id")
-  parser.add_argument("--corpus", required=True, help="JSONL documents with id, text")
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--meta_out", default=None)
-  parser.add_argument("--num_distractors", type=int, default=4)
-  parser.add_argument("--oracle_fraction", type=float, default=0.8)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  cli.run_main(_build, args)
-
-
-def _build(args):
-  corpus = read_jsonl(args.corpus)
-  if corpus.skipped:
-    print(corpus.report())
-  passages = {d.doc_id: d.text for d in corpus.documents}
-  examples = build_examples(read_qa_jsonl(args.qa), passages,
-                            num_distractors=args.num_distractors,
-                            oracle_fraction=args.oracle_fraction, seed=args.seed)
-  write_jsonl(examples, args.out, args.meta_out)
-  print(f"wrote {len(examples)} examples ({sum(e.oracle_included for e in examples)} with the "
-        f"oracle) to {args.out}")
-
-
-if __name__ == "__main__":
-  main()

@@ -3,11 +3,9 @@
 
 lm_eval (0.4.x) finds models only in its own registry (`@register_model`) and reads no entry
 points, so the bare `lm_eval --model ftjax` command fails ("no model for this name", checked
-with 0.4.13): `--model ftjax` resolves only once this module is imported. This module's CLI
-imports it and then hands its arguments, lm_eval's own flags, to lm_eval's CLI unchanged:
-
-  python -m ftjax.evaluation.harness --model ftjax --model_args model=runs/lora \\
-      --batch_size 8 --tasks ftjax_mc --include_path tests/data/lm_eval
+with 0.4.13): `--model ftjax` resolves only once this module is imported. The command
+`python -m ftjax.harness` imports it and then hands its arguments, lm_eval's own flags, to
+lm_eval's CLI unchanged.
 
 From Python: `lm_eval.simple_evaluate(model=FtjaxLM("smollm2-135m-instruct"), tasks=[...])`.
 
@@ -18,7 +16,6 @@ by length (longest first) and batched: right-padded, with padding masked by `seg
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import jax
@@ -62,6 +59,7 @@ def _bool_arg(name: str, value) -> bool | None:
   raise HarnessArgumentError(f"--model_args {name}={value!r} is not true or false")
 
 
+@register_model("ftjax")
 class FtjaxLM(TemplateLM):
   """An lm_eval model over `ftjax.load(model)` (adapters of a LoRA workdir included).
 
@@ -203,32 +201,3 @@ class FtjaxLM(TemplateLM):
   def get_model_info(self) -> dict:
     return {"model_num_parameters": int(sum(x.size for x in jax.tree.leaves(self.model.params))),
             "model_dtype": self._cfg.dtype, "lora": self._lora is not None}
-
-
-# Run as `python -m`, this file is `__main__`: the model is registered from the module's import
-# (in `main`), so that lm_eval and callers share one FtjaxLM class.
-if __name__ != "__main__":
-  register_model("ftjax")(FtjaxLM)
-
-
-def main(argv: list[str] | None = None) -> None:
-  """lm_eval's CLI with the `ftjax` model registered; bad ftjax model_args exit 2."""
-  from lm_eval.__main__ import cli_evaluate
-
-  import ftjax.evaluation.harness  # noqa: F401  (registers "ftjax")
-  from ftjax import cli
-  from ftjax.checkpoints import CheckpointError
-  from ftjax.models.config import UnsupportedModelError
-  if argv is not None:
-    sys.argv = [sys.argv[0], *argv]
-  try:
-    cli_evaluate()
-  except HarnessArgumentError as err:
-    cli.fail(err)
-  except (CheckpointError, UnsupportedModelError) as err:
-    cli.fail(f"--model_args model: {err}")
-
-
-if __name__ == "__main__":
-  from ftjax.evaluation.harness import main as _main
-  _main()

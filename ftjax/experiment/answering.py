@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ftjax import provenance
 from ftjax.arms import registry as arm_registry
 from ftjax.arms.base import Answer
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment.cache import config_values, digest
-from ftjax.experiment.context import SPLITS, Context, peak_rss_gb
+from ftjax.experiment.context import SPLITS, Context
 
 
 # ----------------------------------------------------------------------------- retrieval index
@@ -56,7 +57,7 @@ def index_stage(ctx: Context, docs: Sequence[data_lib.Document] | None = None,
     index.add(docs)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "documents": index.num_documents, "chunks": index.num_chunks,
-            "peak_rss_gb": peak_rss_gb()}
+            "peak_rss_gb": provenance.peak_rss_bytes() / 2**30}
   return ctx.cache.run(name, index_key(ctx, docs_hash), build)
 
 

@@ -4,7 +4,6 @@ line, the base model (loaded once) and its key (a local folder's weights hashed)
 from __future__ import annotations
 
 import dataclasses
-import resource
 import sys
 import time
 from pathlib import Path
@@ -17,10 +16,6 @@ from ftjax.experiment.cache import StageCache
 from ftjax.generation import SamplingConfig
 
 SPLITS = ("eval", "unanswerable", "general")
-
-
-def peak_rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 class Progress:

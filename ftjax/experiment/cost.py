@@ -21,21 +21,15 @@ from ftjax.planning.estimate import break_even, inference_flops
 __all__ = ["break_even", "compute", "inference_flops"]
 
 
-def model_config(config):
-  """The ModelConfig of `config.model` from its config file alone (no weights loaded)."""
-  from ftjax.checkpoints import resolve
-  from ftjax.checkpoints.hf_import import read_hf_config
-  from ftjax.models.config import from_hf_config
-  return from_hf_config(read_hf_config(resolve(config.model)))
-
-
 def compute(config, arms: dict, stages: dict, trained: dict[str, list[dict]],
             index: dict | None, model_cfg=None) -> dict[str, Any]:
   """Cost per arm from the measurements: `trained` (kind -> the training stage's result per
   seed), `index` (the index stage's result), `stages` (answer stages' timings) and the arms'
   summaries (prompt and new tokens, accuracy)."""
   price = config.cost.price_per_device_hour
-  model_cfg = model_cfg or model_config(config)
+  if model_cfg is None:  # from the model's config file alone, no weights loaded
+    from ftjax.checkpoints import model_config
+    model_cfg = model_config(config.model)
   out: dict[str, Any] = {"device": config.cost.device, "price_per_device_hour": price,
                          "currency": config.cost.currency, "train": {}, "inference": {},
                          "break_even": {}}

@@ -1,7 +1,7 @@
 """The typed results of an experiment: what `summary.json` holds, as dataclasses.
 
 `summary.build` measures and stores plain JSON (`summary.json` is the file researchers and
-`ftjax.evaluation.score` read back); `Summary.from_dict` is the one place that knows its shape.
+`ftjax.experiment.rescore` read back); `Summary.from_dict` is the one place that knows its shape.
 The report reads these records as attributes, so a renamed or missing field fails at one
 `from_dict`, not deep in a table as a `None`. `Summary.from_dict(d).to_dict() == d` holds for every
 summary the runner writes (tested), so the records describe the whole file.

@@ -15,13 +15,14 @@ import json
 import time
 from pathlib import Path
 
+from ftjax import provenance
 from ftjax.arms import registry as arm_registry
 from ftjax.arms.base import Answer
 from ftjax.experiment import config as config_lib
 from ftjax.experiment.answering import (quiet_bm25s, answer_key, answer_questions,
                                         answer_splits, index_stage, make_answerer,
                                         measure_latency, open_index)
-from ftjax.experiment.context import SPLITS, Context, peak_rss_gb
+from ftjax.experiment.context import SPLITS, Context
 from ftjax.experiment.train_stages import train_run, train_stage, tuned_model
 
 
@@ -63,7 +64,7 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
     return {**extra, "seconds": seconds, "questions": total, "latency_s": latency,
             "seconds_per_question_by_batch": batch_seconds,
-            "peak_rss_gb": peak_rss_gb()}
+            "peak_rss_gb": provenance.peak_rss_bytes() / 2**30}
   return ctx.cache.run(f"answers-{arm}" + ("" if seed is None else f"-s{seed}"),
                        answer_key(ctx, arm, model_key, index_folder), build)
 
@@ -190,7 +191,7 @@ def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
 def score_rows(ctx: Context, arm: str, seed: int | None, answers: dict[str, list[Answer]],
                settings: dict) -> list[dict]:
   """One row per answer: the question, the answer with its metadata (prompt, passages, finish
-  reason) and its scores (`summary.score_row`, which `ftjax.evaluation.score` reruns)."""
+  reason) and its scores (`summary.score_row`, which `ftjax.experiment.rescore` reruns)."""
   from ftjax.experiment.summary import score_row
   rows = []
   for split, split_answers in answers.items():

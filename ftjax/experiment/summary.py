@@ -3,7 +3,7 @@
 The runner measures (answers, timings, training curves, security runs) and saves two files:
 `results.jsonl`, one row per arm x seed x question, and `measurements.json`, everything that is
 not an answer (stage results, latencies, the cost inputs). Everything in `summary.json` derives
-from those two and the data files, so `python -m ftjax.evaluation.score WORKDIR` recomputes it
+from those two and the data files, so `python -m ftjax.rescore WORKDIR` recomputes it
 (and the report) after a metric changes, without a model.
 
 Uncertainty: every rate carries a 95% Wilson interval (`{metric}_ci`) and its denominator

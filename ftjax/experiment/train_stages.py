@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ftjax import provenance
 from ftjax.evaluation import matching
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
@@ -18,7 +19,7 @@ from ftjax.experiment import planting
 from ftjax.experiment.answering import (answer_questions, index_stage, make_answerer,
                                         open_index, search_fn)
 from ftjax.experiment.cache import config_values, digest
-from ftjax.experiment.context import Context, peak_rss_gb
+from ftjax.experiment.context import Context
 from ftjax.prompts import document_messages, example_messages, paraphrase_request
 
 
@@ -249,7 +250,7 @@ def _fmt_rate(x):
 
 def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps: int = 0,
            init_from: str = "", label: str, monitor: LearningMonitor | None = None) -> dict:
-  from ftjax import train as train_lib
+  from ftjax.training import loop as train_loop
   from ftjax.training.metrics import flops_per_token
   train_file = folder / "train.jsonl"
   _write_jsonl(train_file, conversations)
@@ -259,7 +260,7 @@ def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps
   ctx.progress.say(f"[{label}] training on {len(conversations)} examples for "
                    f"{train_cfg.num_steps} steps ({'LoRA' if train_cfg.lora.enabled else 'full'})")
   started = time.perf_counter()
-  result = train_lib.run(train_cfg, folder / "run",
+  result = train_loop.run(train_cfg, folder / "run",
                          on_eval=monitor.on_eval if monitor else None)
   seconds = time.perf_counter() - started
   tokens = sum(h["tokens_per_second"] * h["step_seconds"] for h in result.history)
@@ -286,7 +287,7 @@ def train_run(ctx: Context, folder: Path, conversations, *, seed: int, num_steps
           "steps": result.step, "tokens": tokens, "flops": flops * tokens,
           "examples": len(conversations), "trainable_params": result.trainable_params,
           "total_params": result.total_params,
-          "final_loss": losses[-1]["loss"] if losses else None, "peak_rss_gb": peak_rss_gb()}
+          "final_loss": losses[-1]["loss"] if losses else None, "peak_rss_gb": provenance.peak_rss_bytes() / 2**30}
 
 
 def train_stage(ctx: Context, kind: str, seed: int) -> tuple[Path, dict]:

@@ -1,16 +1,13 @@
 """Measured train steps, to check the planner against: peak RSS and step time of a real run.
 
-  python -m ftjax.planning.measure --model smollm2-135m-instruct --method lora --batch 4 \\
-      --seq_len 256 --steps 1   # prints one JSON line
-
-Runs `ftjax.training.step.make_step_fns` (the step `ftjax.train` jits) on random tokens, one
-device, no mesh. `measure_many(...)` runs each configuration in a fresh subprocess (so the
-resident-memory high-water mark is the run's own, not the caller's) pinned to one core, the
-configurations side by side on different cores. Pinned, XLA runs one thread, so a step's
+`measure_here(model, method, batch, seq_len, ...)` runs `ftjax.training.step.make_step_fns` (the
+step `ftjax.train` jits) on random tokens in this process, one device, no mesh; its command line
+is `python -m ftjax.measure`. `measure_many(...)` runs each configuration in a fresh subprocess
+(so the resident-memory high-water mark is the run's own, not the caller's) pinned to one core,
+the configurations side by side on different cores. Pinned, XLA runs one thread, so a step's
 CPU-seconds are its compute on one core: other tenants of a shared machine changed its wall time
 by 1.5-2.5x but its CPU-seconds by about +-10% here, and no thread's spinning at a barrier is
-counted. The CPU is calibrated
-in the same process between the steps (`ftjax.planning.hardware.calibrate_cpu`), so the
+counted. The CPU is calibrated in the same process between the steps (`ftjax.planning.hardware.calibrate_cpu`), so the
 prediction's rate is measured under the same conditions as the step, never fitted to it.
 """
 
@@ -18,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,14 +34,11 @@ def measure_many(runs: list[dict], *, steps: int = 1, timeout: float = 1200) -> 
   for first in range(0, len(runs), len(cpus)):  # as many at once as there are cores
     started = []
     for cpu, run in zip(cpus, runs[first:first + len(cpus)]):
-      args = ["--steps", str(steps)]
-      for key, value in run.items():
-        args += [f"--{key}", str(value)]
       # Pinned before anything is imported, so XLA sizes its thread pool to the one core (a
       # preexec_fn would fork this multithreaded process).
-      pinned = (f"import os, runpy, sys; os.sched_setaffinity(0, {{{cpu}}}); "
-                f"sys.argv = ['measure', *{args!r}]; "
-                "runpy.run_module('ftjax.planning.measure', run_name='__main__')")
+      pinned = (f"import json, os; os.sched_setaffinity(0, {{{cpu}}}); "
+                "from ftjax.planning.measure import measure_here; "
+                f"print(json.dumps(measure_here(**{dict(run, steps=steps)!r})))")
       started.append(subprocess.Popen([sys.executable, "-c", pinned], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for process in started:
@@ -63,27 +56,18 @@ def measure(model: str, method: str, batch: int, seq_len: int, *, steps: int = 1
                         "lora_rank": lora_rank, "remat": remat}], steps=steps, timeout=timeout)[0]
 
 
-def _peak_rss_bytes() -> int:
-  # VmHWM is this process's own peak. ru_maxrss is not: Linux carries it over fork and exec,
-  # so a child of a large process (a long pytest session) reports its parent's peak.
-  try:
-    for line in open("/proc/self/status"):
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_rank: int,
-         remat: str, lora_variant: str = "lora", base_quant: str = "none",
-         quant_block_size: int = 64, learning_rate: float = 1e-5) -> dict:
+def measure_here(model: str, method: str, batch: int, seq_len: int, steps: int = 1,
+                 lora_rank: int = 16, remat: str = "none", lora_variant: str = "lora",
+                 base_quant: str = "none", quant_block_size: int = 64,
+                 learning_rate: float = 1e-5) -> dict:
+  """One warm-up step and `steps` timed ones in this process (its peak RSS included)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   import ftjax
+  from ftjax import provenance
   from ftjax.models import lora as lora_lib
   from ftjax.planning.hardware import calibrate_cpu
   from ftjax.training.step import make_step_fns
@@ -115,7 +99,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
       "segment_ids": np.ones((batch, seq_len), np.int32),
       "loss_mask": np.ones((batch, seq_len), np.float32)}
   setup_seconds = time.perf_counter() - started
-  rss_before_steps = _peak_rss_bytes()
+  rss_before_steps = provenance.peak_rss_bytes()
 
   def matmul_rate():  # ~1 s, sampled around every step: on a shared machine it drifts
     return calibrate_cpu(bandwidth=False)["matmul_flops_per_core"]
@@ -136,7 +120,7 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
     cpu_times.append(time.process_time() - cpu_started)
     losses.append(float(metrics["loss"]))
   rates.append(matmul_rate())
-  peak_rss = _peak_rss_bytes()
+  peak_rss = provenance.peak_rss_bytes()
   loss = float(metrics["loss"])
   del state, frozen, metrics
   calibration = calibrate_cpu()  # after the peak is read: its arrays would add to it
@@ -153,27 +137,3 @@ def _run(model: str, method: str, batch: int, seq_len: int, steps: int, lora_ran
           "loss": loss, "losses": losses, "learning_rate": learning_rate,
           "calibration": calibration}
 
-
-def main(argv=None):
-  from ftjax import cli
-  parser = cli.Parser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="smollm2-135m-instruct")
-  parser.add_argument("--method", choices=("lora", "full"), default="lora")
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--seq_len", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=1)
-  parser.add_argument("--lora_rank", type=int, default=16)
-  parser.add_argument("--remat", choices=("none", "full", "dots"), default="none")
-  parser.add_argument("--lora_variant", choices=("lora", "dora"), default="lora")
-  parser.add_argument("--base_quant", choices=("none", "int8", "nf4"), default="none")
-  parser.add_argument("--quant_block_size", type=int, default=64)
-  parser.add_argument("--learning_rate", type=float, default=1e-5)
-  args = parser.parse_args(argv)
-  result = cli.run_main(_run, args.model, args.method, args.batch, args.seq_len, args.steps,
-                        args.lora_rank, args.remat, args.lora_variant, args.base_quant,
-                        args.quant_block_size, args.learning_rate)
-  print(json.dumps(result))
-
-
-if __name__ == "__main__":
-  main()

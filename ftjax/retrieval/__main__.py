@@ -42,7 +42,8 @@ class UsageError(ValueError):
 
 
 def main(argv=None):
-  parser = cli.Parser(description="Build, update, query and evaluate a retrieval index.")
+  parser = cli.Parser(prog="python -m ftjax.retrieval",
+                      description="Build, update, query and evaluate a retrieval index.")
   commands = parser.add_subparsers(dest="command", required=True)
 
   def command(name, help_text):
@@ -254,26 +255,6 @@ def _search(index: RetrievalIndex, queries: list[str], k: int, method: str, as_j
         print(f"{p.rank}. [{p.chunk_id}] {p.score:.4f}  {p.text[:100]!r}")
 
 
-def ranked_doc_ids(index: RetrievalIndex, questions: list[str], method: str,
-                   num_docs: int, groups: list[str] | None = None) -> list[list[str]]:
-  """The first `num_docs` distinct documents retrieved for each question. Several chunks of one
-  document count once, so a question is searched deeper (doubling k) until it has `num_docs`
-  documents or the retriever runs out."""
-  num_visible = int(index.visible_rows(groups).sum())
-  ranked: list[list[str]] = [[] for _ in questions]
-  todo, depth = list(range(len(questions))), num_docs
-  while todo:
-    results = index.search([questions[i] for i in todo], depth, method, groups=groups)
-    deeper = []
-    for i, passages in zip(todo, results):
-      ranked[i] = metrics.distinct([p.doc_id for p in passages])[:num_docs]
-      cut_off = len(passages) == depth and depth < num_visible  # more may follow
-      if len(ranked[i]) < num_docs and cut_off:
-        deeper.append(i)
-    todo, depth = deeper, min(2 * depth, num_visible)
-  return ranked
-
-
 def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]], ks: list[int],
               method: str, as_json: bool, groups: list[str]):
   methods = list(METHODS) if method == "all" else [method]
@@ -294,7 +275,7 @@ def _evaluate(index: RetrievalIndex, questions: list[str], gold: list[set[str]],
   mrr_key = f"mrr@{ks[-1]}"
   results = {}
   for name in methods:
-    scores = metrics.evaluate(ranked_doc_ids(index, questions, name, ks[-1], groups), gold, ks)
+    scores = metrics.evaluate(metrics.ranked_doc_ids(index, questions, name, ks[-1], groups), gold, ks)
     scores[mrr_key] = scores.pop("mrr")  # over the first max(k) documents
     results[name] = scores
   if as_json:

@@ -1,1 +1,2 @@
-"""Training internals: the step, checkpoints, metrics. The entry point is `ftjax.train`."""
+"""Training: the loop (`loop.run`), the step, checkpoints, metrics. The command line is
+`python -m ftjax.train`."""

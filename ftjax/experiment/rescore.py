@@ -1,6 +1,6 @@
 """Re-score a finished experiment from its saved answers, without a model.
 
-  python -m ftjax.evaluation.score WORKDIR
+  rescore(WORKDIR)   # the command line is `python -m ftjax.rescore WORKDIR`
 
 Reads `WORKDIR/experiment.json` (the config), `results.jsonl` (every answer with its metadata),
 `measurements.json` (timings and other non-answer measurements) and the config's data files
@@ -11,8 +11,14 @@ Reads `WORKDIR/experiment.json` (the config), `results.jsonl` (every answer with
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+import ml_collections
+
+from ftjax.experiment import config as config_lib
+from ftjax.experiment import report as report_lib
+from ftjax.experiment import summary as summary_lib
+from ftjax.experiment.runner import load_data
 
 
 class ScoreError(ValueError):
@@ -21,13 +27,6 @@ class ScoreError(ValueError):
 
 def rescore(workdir: str | Path) -> dict:
   """Recompute and rewrite `summary.json` and `report.md` of `workdir`; returns the summary."""
-  import ml_collections
-
-  from ftjax.experiment import config as config_lib
-  from ftjax.experiment import report as report_lib
-  from ftjax.experiment import summary as summary_lib
-  from ftjax.experiment.runner import load_data
-
   workdir = Path(workdir)
   for name in ("experiment.json", "results.jsonl", "measurements.json"):
     if not (workdir / name).is_file():
@@ -55,21 +54,3 @@ def rescore(workdir: str | Path) -> dict:
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
   report_lib.write(workdir, config, summary)
   return summary
-
-
-def main(argv=None) -> int:
-  from ftjax import cli
-  parser = cli.Parser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdir", help="a finished experiment's workdir")
-  args = parser.parse_args(argv)
-  return cli.run_main(_rescore, args.workdir, errors=(ScoreError, OSError), exit=False)
-
-
-def _rescore(workdir: str) -> int:
-  rescore(workdir)
-  print(f"re-scored: {Path(workdir) / 'summary.json'}, {Path(workdir) / 'report.md'}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
