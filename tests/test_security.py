@@ -12,7 +12,7 @@ from ftjax.evaluation import security as metrics
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import run
-from ftjax.experiment import planting, security
+from ftjax.experiment import security_planting as planting, security
 from ftjax.experiment.cache import StageCache
 from ftjax.experiment.context import Context, Progress
 from ftjax.experiment.train_stages import finetune_examples

@@ -8,7 +8,7 @@ summary the runner writes (tested), so the records describe the whole file.
 
 Rates are stored flat (`accuracy`, `accuracy_ci`, `accuracy_n`, `std["accuracy"]`);
 `ArmSummary.rate(name)` gathers them into one `Rate` for display. The JSON <-> dataclass machinery
-is `ftjax.experiment.records`; the security section's records are `results_security`.
+is `ftjax.experiment.records`; the security section's records are `security_results`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from ftjax.experiment.records import Interval, Record, optional
-from ftjax.experiment.results_security import Security
+from ftjax.experiment.security_results import Security
 
 
 # --- one rate, as shown -----------------------------------------------------------------------

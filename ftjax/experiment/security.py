@@ -28,8 +28,9 @@ from ftjax.evaluation import security as metrics
 from ftjax.experiment import data as data_lib
 from ftjax.experiment import answering, train_stages
 from ftjax.experiment.cache import digest
-from ftjax.experiment.planting import (SPACE_SIZE, Canary, canaries, plant, poison_conversations,
-                                       poison_docs, poison_plan, random_secret)
+from ftjax.experiment.security_planting import (SPACE_SIZE, Canary, canaries, plant,
+                                                poison_conversations, poison_docs, poison_plan,
+                                                random_secret)
 from ftjax.generation.scoring import continuation_logprobs
 
 _AUDITED = {"train": ("train", "decline_train", "update_train"),

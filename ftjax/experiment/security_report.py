@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ftjax.experiment.formatting import num, pct
-from ftjax.experiment.results_security import Security
+from ftjax.experiment.security_results import Security
 
 
 def _bits(x):

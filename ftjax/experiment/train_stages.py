@@ -15,7 +15,7 @@ from ftjax.evaluation import matching
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
 from ftjax.experiment import data as data_lib
-from ftjax.experiment import planting
+from ftjax.experiment import security_planting as planting
 from ftjax.experiment.answering import (answer_questions, index_stage, make_answerer,
                                         open_index, search_fn)
 from ftjax.experiment.cache import config_values, digest
