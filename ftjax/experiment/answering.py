@@ -90,11 +90,11 @@ def _few_shot(ctx: Context) -> list[tuple[str, str]]:
                                                           len(pairs)))
 
 
-def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None) -> dict:
+def answer_key(ctx: Context, spec: arm_registry.Arm, model_key: Any,
+               index_folder: Path | None) -> dict:
   """What an arm's answers depend on: the model (weights hashed), the question files, and the
   config keys and data inputs the arm's declaration reads (`ftjax.arms.registry.reads`)."""
-  spec = arm_registry.get(arm)
-  splits = answer_splits(ctx, arm)
+  splits = answer_splits(ctx, spec)
   inputs = {"questions": {s: ctx.data.hashes.get(s) for s in SPLITS}}
   if "train" in splits:
     inputs["train_questions"] = digest([q.input for q in ctx.data.questions["train"]])
@@ -105,19 +105,18 @@ def answer_key(ctx: Context, arm: str, model_key: Any, index_folder: Path | None
   if spec.passages == "retrieved" or (spec.passages == "oracle"
                                       and ctx.config.raft.distractors == "retrieved"):
     inputs["index"] = index_folder.name
-  return {"arm": arm, "model": model_key, "splits": splits, "inputs": inputs,
+  return {"arm": spec.name, "model": model_key, "splits": splits, "inputs": inputs,
           "config": config_values(ctx.config, arm_registry.reads(spec))}
 
 
-def answer_stage(ctx: Context, name: str, arm: str, model_key: Any, load_model,
+def answer_stage(ctx: Context, name: str, spec: arm_registry.Arm, model_key: Any, load_model,
                  questions: Sequence[data_lib.Question], index_folder: Path | None = None,
                  extra=None) -> dict:
   """One arm's answers to a list of questions outside the main comparison (security's poisoned
   models and indexes, canary prompts), cached as `name`. The key is derived as the main answers'
   is: the arm's declared config keys, the model key, the index, and the questions themselves.
   `load_model()` gives the model; `extra(answerer)` adds fields to the result."""
-  spec = arm_registry.get(arm)
-  key = {"arm": arm, "model": model_key, "questions": digest([q.input for q in questions]),
+  key = {"arm": spec.name, "model": model_key, "questions": digest([q.input for q in questions]),
          "config": config_values(ctx.config, arm_registry.reads(spec)),
          "index": index_folder.name if index_folder is not None else None}
   if spec.styled:  # few-shot examples come from the training file
@@ -125,7 +124,7 @@ def answer_stage(ctx: Context, name: str, arm: str, model_key: Any, load_model,
 
   def build(folder: Path) -> dict:
     index = open_index(ctx, index_folder / "index") if index_folder is not None else None
-    answerer = make_answerer(ctx, arm, load_model(), index)
+    answerer = make_answerer(ctx, spec, load_model(), index)
     answers, _, _ = answer_questions(ctx, answerer, list(questions), name)
     out = {"answers": [a.text for a in answers],
            "passages": [None if a.passages is None else list(a.passages) for a in answers]}
@@ -133,11 +132,11 @@ def answer_stage(ctx: Context, name: str, arm: str, model_key: Any, load_model,
   return ctx.cache.run(name, key, build)[1]
 
 
-def answer_splits(ctx: Context, arm: str) -> list[str]:
+def answer_splits(ctx: Context, spec: arm_registry.Arm) -> list[str]:
   """The question splits an arm answers: every arm the held-out ones; a tuned arm also its own
   training questions (its train accuracy)."""
   splits = [s for s in SPLITS if s in ctx.data.questions]
-  if arm in config_lib.TUNED_ARMS and "train" in ctx.data.questions:
+  if spec.name in config_lib.TUNED_ARMS and "train" in ctx.data.questions:
     splits.append("train")
   return splits
 
@@ -182,9 +181,8 @@ def cag_docs(ctx: Context) -> list[data_lib.Doc]:
   return [d for d in docs if d.doc_id in answering or d.doc_id in kept]
 
 
-def make_answerer(ctx: Context, arm: str, model, index=None):
-  """The answerer of `arm` as the registry declares it (`ftjax.arms.registry`)."""
-  spec = arm_registry.get(arm)
+def make_answerer(ctx: Context, spec: arm_registry.Arm, model, index=None):
+  """The answerer of the arm `spec` declares (`ftjax.arms.registry`)."""
   search = search_fn(ctx, index) if spec.passages == "retrieved" else None
   oracle = make_oracle_search(ctx, index) if spec.passages == "oracle" else None
   documents = ([(d.title, d.text) for d in cag_docs(ctx)] if spec.passages == "corpus"

@@ -172,7 +172,7 @@ def poisoning(ctx) -> dict:
       folder, trained = _poison_train_stage(ctx, fraction)
       info = trained.get("poison") or {"requested": 0, "poisoned": 0, "facts": []}
       answers = answering.answer_stage(
-          ctx, f"security-poison-finetuned-f{fraction:g}", "finetuned",
+          ctx, f"security-poison-finetuned-f{fraction:g}", arm_registry.get("finetuned"),
           {"train": folder.name, "step": None},
           lambda f=folder: train_stages.tuned_model(ctx, f / "run"),
           questions)["answers"] if questions else []
@@ -186,7 +186,8 @@ def poisoning(ctx) -> dict:
     for fraction in fractions:
       folder, info = _rag_index(ctx, fraction, plan, canaries(c))
       answers = answering.answer_stage(
-          ctx, f"security-poison-rag-f{fraction:g}", "rag", ctx.model_key, ctx.base_model,
+          ctx, f"security-poison-rag-f{fraction:g}", arm_registry.get("rag"), ctx.model_key,
+          ctx.base_model,
           questions, index_folder=folder)["answers"] if questions else []
       rows.append({"fraction": fraction, "poisoned": info["poisoned"],
                    "requested": info["requested"], "of": len(ctx.data.docs),
@@ -240,8 +241,9 @@ def canary_leakage(ctx) -> dict:
       hits = answering.open_index(ctx, folder / "index").search(
           [q.input for q in questions], k=c.retrieval.k, method=c.retrieval.method)
       return {"retrieved": [q.doc_id in {p.doc_id for p in h} for q, h in zip(questions, hits)]}
-    result = answering.answer_stage(ctx, "security-canary-rag", "rag", ctx.model_key,
-                                 ctx.base_model, questions, index_folder=folder, extra=retrieved)
+    result = answering.answer_stage(ctx, "security-canary-rag", arm_registry.get("rag"),
+                                    ctx.model_key, ctx.base_model, questions,
+                                    index_folder=folder, extra=retrieved)
     quoted = [metrics.quotes_secret(a, x.secret) for a, x in zip(result["answers"], canary_list)]
     out["rag"] = {"canary_in": f"{len(canary_list)} documents of "
                                f"{len(ctx.data.docs) + len(canary_list)}",

@@ -28,11 +28,11 @@ from ftjax.experiment.train_stages import train_run, train_stage, tuned_model
 
 def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]:
   """Answers of one arm (and seed) to every question split; skipped arms record why."""
+  spec = arm_registry.get(arm)
   index_folder = index_stage(ctx)[0] if arm in config_lib.RETRIEVAL_ARMS else None
   selected = None
   if arm in config_lib.TUNED_ARMS:
-    kind = arm_registry.get(arm).weights
-    train_folder, trained = train_stage(ctx, kind, seed)
+    train_folder, trained = train_stage(ctx, spec.weights, seed)
     selected = trained.get("selected_step")
     model_key = {"train": train_folder.name, "step": selected}
   else:
@@ -42,15 +42,15 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     model = tuned_model(ctx, train_folder / "run", selected) if train_folder \
         else ctx.base_model()
     index = open_index(ctx, index_folder / "index") if index_folder else None
-    answerer = make_answerer(ctx, arm, model, index)
-    if arm_registry.get(arm).passages == "corpus":
+    answerer = make_answerer(ctx, spec, model, index)
+    if spec.passages == "corpus":
       questions = [q for s in SPLITS for q in ctx.data.questions.get(s, [])]
       reason = answerer.does_not_fit([q.input for q in questions])
       if reason:
         ctx.progress.say(f"[cag] skipped: {reason}")
         return {"skipped": reason}
     # One stream over every split: fewer partial batches, fewer compilations.
-    splits = answer_splits(ctx, arm)
+    splits = answer_splits(ctx, spec)
     stream = [q for s in splits for q in ctx.data.questions[s]]
     answers, seconds, batch_seconds = answer_questions(ctx, answerer, stream, "+".join(splits))
     out, total = {}, len(answers)
@@ -59,14 +59,14 @@ def answers_stage(ctx: Context, arm: str, seed: int | None) -> tuple[Path, dict]
     latency = measure_latency(answerer, ctx.data.questions["eval"],
                               ctx.config.sampling.latency_questions)
     extra = {}
-    if arm_registry.get(arm).passages == "corpus":  # the corpus's size and its prefill
+    if spec.passages == "corpus":  # the corpus's size and its prefill
       extra["cag"] = {**answerer.describe(), "prefill_s": answerer.prefill_seconds()}
     (folder / "answers.json").write_text(json.dumps(out, ensure_ascii=False))
     return {**extra, "seconds": seconds, "questions": total, "latency_s": latency,
             "seconds_per_question_by_batch": batch_seconds,
             "peak_rss_gb": provenance.peak_rss_bytes() / 2**30}
   return ctx.cache.run(f"answers-{arm}" + ("" if seed is None else f"-s{seed}"),
-                       answer_key(ctx, arm, model_key, index_folder), build)
+                       answer_key(ctx, spec, model_key, index_folder), build)
 
 
 # lm-eval's MMLU-style prompt: each choice is scored as the continuation after "Answer:".
@@ -150,7 +150,7 @@ def update_rag_stage(ctx: Context) -> tuple[Path, dict]:
     index.replace(ctx.data.updates)
     seconds = time.perf_counter() - started
     ctx.progress.say(f"[update rag] replaced {len(ctx.data.updates)} documents in {seconds:.1f}s")
-    answerer = make_answerer(ctx, "rag", ctx.base_model(), index)
+    answerer = make_answerer(ctx, arm_registry.get("rag"), ctx.base_model(), index)
     return {"seconds": seconds, "method": "replace documents in the index",
             **_answer_update_questions(ctx, answerer, folder)}
   return ctx.cache.run("update-rag", key, build)
@@ -180,7 +180,8 @@ def update_finetuned_stage(ctx: Context, seed: int) -> tuple[Path, dict]:
     trained = train_run(ctx, folder, ctx.data.update_train, seed=ctx.config.seed + seed,
                      num_steps=ctx.config.knowledge_update.num_steps,
                      init_from=str(train_folder / "run"), label=f"update finetuned seed {seed}")
-    answerer = make_answerer(ctx, "finetuned", tuned_model(ctx, folder / "run"))
+    answerer = make_answerer(ctx, arm_registry.get("finetuned"),
+                             tuned_model(ctx, folder / "run"))
     return {**trained, "method": "continue training on the changed facts",
             **_answer_update_questions(ctx, answerer, folder)}
   return ctx.cache.run(f"update-finetuned-s{seed}", key, build, fresh=False)

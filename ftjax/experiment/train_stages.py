@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ftjax import provenance
+from ftjax.arms import registry as arm_registry
 from ftjax.evaluation import matching
 from ftjax.evaluation import qa as scoring
 from ftjax.experiment import config as config_lib
@@ -204,7 +205,7 @@ class LearningMonitor:
 
   def __init__(self, ctx: Context, arm: str, label: str):
     f = ctx.config.finetune
-    self.ctx, self.arm, self.label = ctx, arm, label
+    self.ctx, self.arm, self.label = ctx, arm_registry.get(arm), label
     self.dev = data_lib.subsample(ctx.data.questions.get("dev", []), f.eval_questions, seed=1)
     self.train = (data_lib.subsample(ctx.data.questions.get("train", []), f.eval_questions,
                                      seed=1) if f.curve_train_accuracy else [])
@@ -213,7 +214,7 @@ class LearningMonitor:
 
   def on_eval(self, step: int, model) -> bool:
     index = None
-    if self.arm in config_lib.RETRIEVAL_ARMS:
+    if self.arm.name in config_lib.RETRIEVAL_ARMS:
       index = open_index(self.ctx, index_stage(self.ctx)[0] / "index")
     answerer = make_answerer(self.ctx, self.arm, model, index)
     stream = self.dev + self.train
