@@ -50,6 +50,25 @@ def smollm2_tokenizer():
 # parameters beside ~74k in the two layers, so every tiny step and compile would be spent on it.
 TINY_VOCAB_SIZE = 2048
 REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
+
+
+def tiny_train_config(model, **changes):
+  """The tests' small training run (`ftjax.training.loop.run`'s config): `model` on the sample
+  data, 128-token rows, 8 a batch, 3 steps at learning rate 1e-3 after 1 warm-up step, no eval;
+  `changes` are flattened config keys (`num_steps=6`, `**{"lora.rank": 4}`)."""
+  from ftjax.config import base_config
+  c = base_config()
+  c.model = str(model)
+  c.data.train = SAMPLE_DATA
+  c.seq_len = 128
+  c.batch_size = 8
+  c.num_steps = 3
+  c.eval_every_steps = 0
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 1
+  c.update_from_flattened_dict(changes)
+  return c
 
 
 @pytest.fixture(scope="session")

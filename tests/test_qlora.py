@@ -15,13 +15,14 @@ import ftjax
 import ftjax.train
 from ftjax.training import loop as train_loop
 from ftjax.checkpoints import export
-from ftjax.config import ConfigError, base_config, validate
+from ftjax.config import ConfigError, validate
 from ftjax.models import forward, logical_param_specs, matmul, quant
 from ftjax.models import lora as lora_lib
 from ftjax.models.lora import ALL_TARGETS, Adapters, LoraSpec
 
+from conftest import SAMPLE_DATA, tiny_train_config
+
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
 TOKENS = np.array([[3, 5, 7, 11, 13, 17, 19, 2], [23, 29, 31, 37, 41, 43, 47, 53]])
 BLOCK = 16  # divides the tiny Llama's hidden 64, head_dim 16 and mlp 128
 
@@ -118,20 +119,11 @@ def test_quantized_matmul_gives_input_gradients_and_none_to_the_base(dtype):
 
 
 def _tiny_config(folder, **changes):
-  c = base_config()
-  c.model = str(folder)
-  c.data.train = SAMPLE_DATA
-  c.seq_len = 128
-  c.batch_size = 8
-  c.num_steps = 6
-  c.eval_every_steps = 0
-  c.log_every_steps = 1
-  c.optimizer.learning_rate = 1e-2
-  c.optimizer.warmup_steps = 1
-  c.update_from_flattened_dict({"lora.enabled": True, "lora.rank": 4, "lora.alpha": 8.0,
-                                "lora.targets": ALL_TARGETS, "lora.quant_block_size": BLOCK,
-                                **changes})
-  return c
+  """The shared tiny run with LoRA on every projection: 6 steps at 1e-2, logged every step."""
+  return tiny_train_config(folder, **{
+      "num_steps": 6, "log_every_steps": 1, "optimizer.learning_rate": 1e-2, "lora.enabled": True,
+      "lora.rank": 4, "lora.alpha": 8.0, "lora.targets": ALL_TARGETS,
+      "lora.quant_block_size": BLOCK, **changes})
 
 
 def test_qlora_recipe_validates():

@@ -17,31 +17,19 @@ import pytest
 import ftjax
 import ftjax.train
 from ftjax.training import loop as train_loop
-from ftjax.config import base_config
 from ftjax.data.pipeline import SFTData
 from ftjax.checkpoints.orbax_store import all_finite, latest_step, restore_params
 from ftjax.training.step import make_step_fns
 
+from conftest import SAMPLE_DATA, tiny_train_config
+
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
 
 
 def _config(folder, **changes):
-  """A tiny single-device run: 128-token rows, 8 per batch, a checkpoint every step."""
-  c = base_config()
-  c.model = str(folder)
-  c.data.train = SAMPLE_DATA
-  c.seq_len = 128
-  c.batch_size = 8
-  c.num_steps = 4
-  c.eval_every_steps = 0
-  c.checkpoint.every_steps = 1
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 1
-  c.mesh.data = 1
-  c.mesh.num_devices = 1
-  c.update_from_flattened_dict(changes)
-  return c
+  """The shared tiny run on one device, 4 steps, a checkpoint every step."""
+  return tiny_train_config(folder, **{"num_steps": 4, "checkpoint.every_steps": 1,
+                                      "mesh.data": 1, "mesh.num_devices": 1, **changes})
 
 
 def _argv(workdir, folder, *overrides):

@@ -1,7 +1,6 @@
 """Training invariants: masking, packing, accumulation, mesh layouts, exact resume, LoRA."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,10 +21,11 @@ from ftjax.models import lora as lora_lib
 from ftjax.config import ConfigError, base_config
 from ftjax.models import forward
 from ftjax.training.loss import cross_entropy
-from ftjax.training.step import make_optimizer, make_step_fns, masked_loss_sums
+from ftjax.training.step import make_step_fns, masked_loss_sums
+
+from conftest import SAMPLE_DATA, tiny_train_config
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -140,20 +140,6 @@ def test_vocab_parallel_cross_entropy_matches_plain():
   np.testing.assert_allclose(np.asarray(g_sharded), np.asarray(g_plain), atol=1e-6)
 
 
-def _tiny_config(folder, **changes):
-  c = base_config()
-  c.model = str(folder)
-  c.data.train = SAMPLE_DATA
-  c.seq_len = 128
-  c.batch_size = 8
-  c.num_steps = 3
-  c.eval_every_steps = 0
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 1
-  c.update_from_flattened_dict(changes)
-  return c
-
-
 MESHES = {
     "one device": {"mesh.data": 1, "mesh.num_devices": 1},
     "data=8": {"mesh.data": 8},
@@ -166,7 +152,7 @@ def test_mesh_layouts_give_the_same_losses(tiny_llama_folder, tmp_path):
   assert jax.device_count() == 8
   losses = {}
   for name, mesh in MESHES.items():
-    result = train_loop.run(_tiny_config(tiny_llama_folder, **mesh), tmp_path / name.replace(" ", "_"))
+    result = train_loop.run(tiny_train_config(tiny_llama_folder, **mesh), tmp_path / name.replace(" ", "_"))
     losses[name] = np.array([h["loss"] for h in result.history])
     # The sample rows have no `answer`: no answer loss is reported, rather than a 0 or a NaN.
     assert "eval_loss" in result.eval_history[-1]
@@ -185,7 +171,7 @@ def test_lora_freezes_base_and_starts_at_base_logits(tiny_llama_folder, tiny, tm
   np.testing.assert_array_equal(np.asarray(forward(cfg, tiny.params, tokens, lora=adapters)),
                                 np.asarray(forward(tiny.config, tiny.params, tokens)))
 
-  config = _tiny_config(tiny_llama_folder, **{
+  config = tiny_train_config(tiny_llama_folder, **{
       "lora.enabled": True, "lora.rank": 4, "lora.alpha": 8.0, "lora.dropout": 0.1,
       "lora.targets": ("q_proj", "v_proj", "down_proj"), "optimizer.learning_rate": 1e-2})
   result = train_loop.run(config, tmp_path)
@@ -331,11 +317,11 @@ def test_smollm2_lora_overfits_4_examples(tmp_path):
 
 def test_remat_gives_the_same_losses_and_bf16_keeps_fp32_master_weights(tiny_llama_folder,
                                                                         tmp_path):
-  plain = train_loop.run(_tiny_config(tiny_llama_folder), tmp_path / "plain")
-  remat = train_loop.run(_tiny_config(tiny_llama_folder, remat_policy="full"), tmp_path / "remat")
+  plain = train_loop.run(tiny_train_config(tiny_llama_folder), tmp_path / "plain")
+  remat = train_loop.run(tiny_train_config(tiny_llama_folder, remat_policy="full"), tmp_path / "remat")
   np.testing.assert_allclose([h["loss"] for h in remat.history],
                              [h["loss"] for h in plain.history], rtol=1e-5)
-  bf16 = train_loop.run(_tiny_config(tiny_llama_folder, dtype="bfloat16", num_steps=6),
+  bf16 = train_loop.run(tiny_train_config(tiny_llama_folder, dtype="bfloat16", num_steps=6),
                          tmp_path / "bf16")
   assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jnp.dtype("float32")}
   losses = [h["loss"] for h in bf16.history]

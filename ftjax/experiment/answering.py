@@ -168,7 +168,7 @@ def make_oracle_search(ctx: Context, index=None):
                        seed=ctx.config.seed)
 
 
-def cag_docs(ctx: Context) -> list[data_lib.Doc]:
+def cag_docs(ctx: Context) -> list[data_lib.Document]:
   """The documents in CAG's cache: the visible ones, or with `cag.corpus_fraction` < 1 every
   document that answers a question plus that fraction of the others (seeded, in corpus order)."""
   docs = visible_docs(ctx)

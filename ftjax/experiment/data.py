@@ -15,8 +15,6 @@ from ftjax.data.report import BadRow, DataConfigError
 from ftjax.data.sources import RowError, iter_jsonl, read_file
 from ftjax.retrieval.corpus import Document, check_acl  # one document type: the index's
 
-Doc = Document  # the former name of the experiment's document type, kept for code that uses it
-
 OPTIONAL = ("unanswerable", "general", "updates", "update_train", "update_eval", "decline_train",
             "dev")
 
