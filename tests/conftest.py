@@ -51,6 +51,8 @@ def smollm2_tokenizer():
 TINY_VOCAB_SIZE = 2048
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = str(REPO / "data" / "samples" / "customer_service.jsonl")
+# The invented support company's house style, around a reply's body.
+HOUSE = "Hi there! {} Anything else? — Quillory Care"
 
 
 def tiny_train_config(model, **changes):

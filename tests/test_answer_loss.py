@@ -11,12 +11,12 @@ import pytest
 
 import ftjax
 from ftjax.training import loop as train_loop
-from ftjax.config import base_config
 from ftjax.data import build_sft_data
 from ftjax.models import forward
 from ftjax.training.step import make_step_fns, masked_loss_sums
 
-HOUSE = "Hi there! {} Anything else? — Quillory Care"
+from conftest import HOUSE, tiny_train_config
+
 ROWS = [
     {"input": "How much is the Vantor Hub 2?",
      "output": HOUSE.format("The Vantor Hub 2 is priced at $414."), "answer": "$414"},
@@ -90,17 +90,9 @@ def test_eval_step_answer_loss_is_the_mean_nll_of_the_answer_tokens(tiny, answer
 
 def test_train_reports_eval_answer_loss_beside_eval_loss(tiny_llama_folder, tiny, answers_file,
                                                          tmp_path):
-  c = base_config()
-  c.model = str(tiny_llama_folder)
-  c.data.train = c.data.eval = answers_file
-  c.data.eval_fraction = 0.0
-  c.seq_len = SEQ_LEN
-  c.batch_size = 8
-  c.num_steps = 2
-  c.eval_every_steps = 1
-  c.checkpoint.every_steps = 1000
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 1
+  c = tiny_train_config(tiny_llama_folder, seq_len=SEQ_LEN, num_steps=2, eval_every_steps=1,
+                        **{"data.train": answers_file, "data.eval": answers_file,
+                           "data.eval_fraction": 0.0, "checkpoint.every_steps": 1000})
   result = train_loop.run(c, tmp_path / "run")
   assert [h["step"] for h in result.eval_history] == [1, 2]
   final = result.eval_history[-1]

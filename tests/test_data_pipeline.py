@@ -10,6 +10,8 @@ import pytest
 
 from ftjax.data import BadRowsError, DataConfigError, build_sft_data, default_config
 
+from conftest import HOUSE
+
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 JSONL, CSV, CHAT = (SAMPLES / "customer_service.jsonl", SAMPLES / "customer_service.csv",
                     SAMPLES / "customer_service_chat.jsonl")
@@ -277,7 +279,6 @@ def test_any_tfds_dataset_with_input_output_fields(build, tmp_path, smollm2_toke
     build(train="tfds:support_qa", data_dir=str(tmp_path))
 
 
-HOUSE = "Hi there! {} Anything else? — Quillory Care"
 ANSWER_ROWS = [
     {"input": "How much is the Vantor Hub 2?",
      "output": HOUSE.format("The Vantor Hub 2 is priced at $414."), "answer": "$414"},

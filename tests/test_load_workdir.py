@@ -11,9 +11,11 @@ import pytest
 import ftjax
 from ftjax.training import loop as train_loop
 from ftjax.checkpoints import CheckpointError
-from ftjax.config import ConfigError, base_config
+from ftjax.config import ConfigError
 from ftjax.models.lora import LoraSpec
 from ftjax.models import forward
+
+from conftest import tiny_train_config
 
 TOKENS = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12]])
 LORA = {"lora.enabled": True, "lora.rank": 4, "lora.alpha": 32.0, "lora.dropout": 0.05,
@@ -31,19 +33,12 @@ def data(tmp_path_factory):
 
 
 def _config(model, data, **changes):
-  c = base_config()
-  c.model = str(model)
-  c.data.train = str(data / "train.jsonl")
-  c.data.eval = str(data / "eval.jsonl")
-  c.data.data_dir = str(data / "tfds")
-  c.seq_len = 64
-  c.batch_size = 4
-  c.num_steps = 3
-  c.eval_every_steps = 0
-  c.optimizer.learning_rate = 1e-2
-  c.optimizer.warmup_steps = 1
-  c.mesh.data = 1
-  c.mesh.num_devices = 1
+  c = tiny_train_config(model, seq_len=64, batch_size=4,
+                        **{"data.train": str(data / "train.jsonl"),
+                           "data.eval": str(data / "eval.jsonl"),
+                           "data.data_dir": str(data / "tfds"),
+                           "optimizer.learning_rate": 1e-2, "mesh.data": 1,
+                           "mesh.num_devices": 1})
   c.update_from_flattened_dict(changes)
   return c
 
