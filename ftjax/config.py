@@ -18,7 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "smollm2-135m-instruct"  # registered name, local folder / .gguf, or hub id
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (master weights stay param_dtype)
   c.param_dtype = "float32"
-  c.remat_policy = "none"  # none | full | dots | dots_no_batch
+  # Rematerialisation of each decoder layer in the backward pass: auto | none | full | dots |
+  # dots_no_batch. "auto": full on the CPU, where recomputing the layer beats stacking its
+  # residuals across the layer scan (1.3-1.4x a train step, BENCHMARKS.md), none elsewhere.
+  c.remat_policy = "auto"
   # Training attention kernel (ftjax.models.attention): auto (the backend's fused kernel where it
   # applies, else the reference) | xla | cudnn | pallas_gpu | splash.
   c.attention = "auto"
@@ -103,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_dtype": ("float32", "bfloat16"),
-    "remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "remat_policy": ("auto", "none", "full", "dots", "dots_no_batch"),
     "loss_positions": ("targets", "all"),
     "attention": ("auto", "xla", "cudnn", "pallas_gpu", "splash"),
     "data.format": ("auto", "jsonl", "csv"),

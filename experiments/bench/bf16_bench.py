@@ -62,6 +62,8 @@ def main():
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="")
+  parser.add_argument("--remat", default="auto",
+                      help="ftjax's remat_policy (auto, the training default: full on the CPU)")
   parser.add_argument("--only", default="",
                       help="run only the cases whose name contains one of these comma-separated "
                            "strings (e.g. 'bf16' or 'LoRA'); the ratios of missing cases are left out")
@@ -71,7 +73,7 @@ def main():
 
   from transformers import AutoModelForCausalLM
   model = ftjax.load(args.model, tokenizer=False)
-  cfg, params = model.config, model.params
+  cfg, params = model.config.replace(remat_policy=args.remat), model.params
   bf16 = cfg.replace(dtype="bfloat16")
   rng = np.random.default_rng(0)
   tokens = rng.integers(3, cfg.vocab_size, (args.batch, args.seq_len))
@@ -129,7 +131,8 @@ def main():
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {metadata.version('transformers')}, peft {metadata.version('peft')}")
   print(f"load average (1, 5, 15 min) at start {load_start}, at end {load_end}")
-  print(f"{args.model}, {args.batch} x {args.seq_len} tokens, median of {args.repeats} rounds\n")
+  print(f"{args.model}, {args.batch} x {args.seq_len} tokens, median of {args.repeats} rounds, "
+        f"ftjax remat_policy {args.remat}\n")
   print("| case | tok/s | step (s) | first step (s) |\n|---|---|---|---|")
   for name, (_, first) in cases.items():
     first_s = f"{first:.1f}" if first is not None else "-"

@@ -57,7 +57,7 @@ class ModelConfig:
   # Numerics: params are stored in param_dtype; matmuls run in dtype.
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat_policy: str = "none"  # none | full | dots | dots_no_batch
+  remat_policy: str = "none"  # auto | none | full | dots | dots_no_batch (auto: full on CPU)
   # Training/scoring attention kernel (ftjax.models.attention): auto | xla | cudnn | pallas_gpu
   # | splash. "auto" picks the backend's fused kernel where it applies, else the reference.
   attention_impl: str = "auto"

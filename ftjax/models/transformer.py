@@ -330,6 +330,14 @@ _REMAT_POLICIES = {
 }
 
 
+def resolve_remat(policy: str) -> str:
+  """"auto" -> "full" on the CPU (XLA:CPU stacks a scanned layer's residuals slowly: recomputing
+  the layer in the backward pass is 1.3-1.4x faster a step, BENCHMARKS.md), "none" elsewhere."""
+  if policy == "auto":
+    return "full" if jax.default_backend() == "cpu" else "none"
+  return policy
+
+
 class Transformer(nn.Module):
   """tokens [batch, seq] -> logits [batch, seq, vocab] (fp32)."""
   cfg: ModelConfig
@@ -402,8 +410,9 @@ class Transformer(nn.Module):
             rope_tables(cfg, positions, local=True) if cfg.rope_local_theta else None)
 
     layer_cls = DecoderLayer
-    if cfg.remat_policy != "none":
-      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
+    remat_policy = resolve_remat(cfg.remat_policy)
+    if remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[remat_policy],
                            prevent_cse=False, static_argnums=(5,))
     layers = nn.scan(
         layer_cls,
