@@ -182,8 +182,8 @@ def test_cpu_bf16_prefill_over_segments_matches_the_einsum():
   b, t, kv, group, d, prefix = 3, 24, 2, 3, 16, 40
   keys = jax.random.split(jax.random.PRNGKey(3), 5)
   q = jax.random.normal(keys[0], (b, t, kv, group, d), jnp.bfloat16)
-  k, v = (jax.random.normal(key, (b, t, kv, d), jnp.bfloat16) for key in keys[1:3])
-  pk, pv = (jax.random.normal(key, (prefix, kv, d), jnp.bfloat16) for key in keys[3:5])
+  k, v = (jax.random.normal(key, (b, kv, t, d), jnp.bfloat16) for key in keys[1:3])
+  pk, pv = (jax.random.normal(key, (kv, prefix, d), jnp.bfloat16) for key in keys[3:5])
   causal = jnp.tril(jnp.ones((t, t), bool))
   own_mask = jnp.broadcast_to(causal, (b, t, t)).at[0, :, :5].set(False)  # row 0: 5 pad slots
   prefix_mask = jnp.broadcast_to(jnp.arange(prefix) < 33, (b, t, prefix))  # 7 unused slots

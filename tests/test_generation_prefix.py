@@ -246,11 +246,14 @@ def _jaxpr_shapes(jaxpr):
 
 
 def _per_row_kv(shapes, cfg, min_slots):
-  """Shapes of K/V-like arrays ([..., slots, kv_heads, head_dim]) holding >= min_slots slots for
+  """Shapes of K/V-like arrays ([..., kv_heads, slots, head_dim] as the cache stores them, or
+  [..., slots, kv_heads, head_dim] as a projection makes them) holding >= min_slots slots for
   more than one row per layer: a copy of a min_slots-long prefix in every row of a batch."""
+  kv, d = cfg.num_kv_heads, cfg.head_dim
   return [s for s in shapes
-          if len(s) >= 3 and tuple(s[-2:]) == (cfg.num_kv_heads, cfg.head_dim)
-          and s[-3] >= min_slots and int(np.prod(s[:-3])) > cfg.num_layers]
+          if len(s) >= 3 and int(np.prod(s[:-3])) > cfg.num_layers
+          and ((s[-3] == kv and s[-1] == d and s[-2] >= min_slots)
+               or (tuple(s[-2:]) == (kv, d) and s[-3] >= min_slots))]
 
 
 def test_batch_cache_holds_no_copy_of_the_prefix(tiny, decode_calls):
@@ -263,13 +266,13 @@ def test_batch_cache_holds_no_copy_of_the_prefix(tiny, decode_calls):
   # + new tokens per row, not prefix + continuation.
   cache = args[3]
   block = -(-max(map(len, suffixes)) // decoding.LENGTH_MULTIPLE) * decoding.LENGTH_MULTIPLE
-  assert cache["k"].shape == (cfg.num_layers, len(suffixes), block + SAMPLING.max_new_tokens,
-                              cfg.num_kv_heads, cfg.head_dim)
-  assert cache["k"].shape[2] < prefix.length
+  assert cache["k"].shape == (cfg.num_layers, len(suffixes), cfg.num_kv_heads,
+                              block + SAMPLING.max_new_tokens, cfg.head_dim)
+  assert cache["k"].shape[3] < prefix.length
   # Nothing inside the decode loop (all layers, every step) holds the prefix's K/V per row: the
   # prefix arrays keep their single row and the attention einsums broadcast them.
   shapes = _decode_shapes(args, kwargs)
-  assert (cfg.num_layers, 1, prefix.slots, cfg.num_kv_heads, cfg.head_dim) in shapes
+  assert (cfg.num_layers, 1, cfg.num_kv_heads, prefix.slots, cfg.head_dim) in shapes
   assert _per_row_kv(shapes, cfg, prefix.length) == []
   # The same check does flag the corpus-in-prompt decode, whose cache copies the corpus per row.
   generate(tiny, [_corpus_messages(q) for q in QUESTIONS], SAMPLING)

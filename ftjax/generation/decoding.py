@@ -122,7 +122,7 @@ class SamplingConfig:
 class PrefixCache:
   """The KV cache of a token prefix (batch 1), reused by every generation that continues it.
 
-  cache: {"k", "v": [layers, 1, slots, kv_heads, head_dim]}; slots >= len(token_ids), the tail
+  cache: {"k", "v": [layers, 1, kv_heads, slots, head_dim]}; slots >= len(token_ids), the tail
   is padding. `config` and `lora` are what it was computed with: generation checks they match.
   """
   token_ids: tuple[int, ...]
@@ -136,7 +136,7 @@ class PrefixCache:
 
   @property
   def slots(self) -> int:
-    return self.cache["k"].shape[2]
+    return self.cache["k"].shape[3]
 
 
 def _round_up(n: int, multiple: int) -> int:

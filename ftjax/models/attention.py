@@ -285,7 +285,7 @@ def bf16_rows_segments(q, segments):
   """Decoding's attention over several key segments (a shared prefix, the cache, the new
   tokens) in one softmax, as `cpu_bf16` computes it: forward only, rows one after another, 2-D
   bf16 products with fp32 accumulation. q [b, t, kv, g, d] bf16, already scaled; each segment
-  (k, v, mask): k, v [b, s, kv, d] (a row's own) or [s, kv, d] (shared by every row), mask
+  (k, v, mask): k, v [b, kv, s, d] (a row's own) or [kv, s, d] (shared by every row), mask
   [b, t, s]. Returns [b, t, kv, g, d] bf16. For prompts (t in the tens or more); a decode step's
   one token is cheaper as the batched einsum."""
   b, t, kv, group, d = q.shape
@@ -301,13 +301,13 @@ def bf16_rows_segments(q, segments):
     outs = []
     for j in range(kv):
       qj = q_row[:, j].reshape(t * group, d)
-      scores = [jnp.where(m, _f32_dot(qj, k[:, j], 1, 1), NEG_INF)
+      scores = [jnp.where(m, _f32_dot(qj, k[j], 1, 1), NEG_INF)
                 for (k, _), m in zip(kvs, masks)]
       probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(jnp.bfloat16)
       out, start = None, 0
       for k, v in kvs:
-        size = k.shape[0]
-        part = _f32_dot(probs[:, start:start + size], v[:, j], 1, 0)
+        size = k.shape[1]
+        part = _f32_dot(probs[:, start:start + size], v[j], 1, 0)
         out, start = part if out is None else out + part, start + size
       outs.append(out.reshape(t, group, d))
     return jnp.stack(outs, axis=1).astype(q.dtype)

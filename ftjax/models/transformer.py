@@ -11,10 +11,12 @@ when the adapter also holds a magnitude `m`). With `cfg.base_quant` the projecti
 stored block-quantized (QLoRA: `codes` and `scales`, `ftjax.models.quant`).
 
 The KV cache is an explicit argument and return value (no mutable collections):
-  cache = {"k": [layers, batch, max_len, kv_heads, head_dim], "v": same}
+  cache = {"k": [layers, batch, kv_heads, max_len, head_dim], "v": same}
+(slots next to head_dim: attention's two products read a head's keys/values as they are stored,
+with no transposed copy per layer and step)
 Decoding may also read a shared prefix (cache-augmented generation): keys/values of tokens that
 precede every row, held once without a batch axis and read by all rows (never copied per row):
-  prefix = {"k": [layers, prefix_slots, kv_heads, head_dim], "v": same}
+  prefix = {"k": [layers, kv_heads, prefix_slots, head_dim], "v": same}
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ class Attention(nn.Module):
     flag go to `attention.dot_product_attention`, which picks the kernel (`mask` is None).
     Decoding: `mask` [batch, seq, cache_slots] over the cache.
 
-    `prefix_kv` {"k", "v": [prefix_slots, kv_heads, head_dim]} (no batch axis: shared by every
+    `prefix_kv` {"k", "v": [kv_heads, prefix_slots, head_dim]} (no batch axis: shared by every
     row) and `prefix_mask` [batch, seq, prefix_slots]: keys that precede the cache's, attended to
     in the same softmax."""
     cfg = self.cfg
@@ -218,14 +220,15 @@ class Attention(nn.Module):
                              "head_dim"))
       return proj((h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_bias, name="o_proj")(
           out, deterministic), None
-    # Decoding: this call's keys/values are returned as they will be stored (the cache's dtype)
-    # and attended to beside the cache's other slots, which are only read.
-    new_kv = {"k": k.astype(layer_cache["k"].dtype), "v": v.astype(layer_cache["v"].dtype)}
+    # Decoding: this call's keys/values are returned as they will be stored (the cache's dtype,
+    # [b, kv_heads, t, d]) and attended to beside the cache's other slots, which are only read.
+    new_kv = {"k": k.astype(layer_cache["k"].dtype).transpose(0, 2, 1, 3),
+              "v": v.astype(layer_cache["v"].dtype).transpose(0, 2, 1, 3)}
     old_mask, own_mask = mask
     segments = [(new_kv["k"].astype(dt), new_kv["v"].astype(dt), own_mask)]
     if old_mask is not None:  # None: the cache is empty (a first prefill)
       segments.insert(0, (layer_cache["k"].astype(dt), layer_cache["v"].astype(dt), old_mask))
-    if prefix_kv is not None:  # [prefix_slots, kv_heads, head_dim]: no batch axis, shared
+    if prefix_kv is not None:  # [kv_heads, prefix_slots, head_dim]: no batch axis, shared
       segments.insert(0, (prefix_kv["k"].astype(dt), prefix_kv["v"].astype(dt), prefix_mask))
     out = _attend_segments(cfg, q.reshape(b, t, kv, group, d) * jnp.asarray(scale, dt), segments)
     out = out.reshape(b, t, h, d)
@@ -237,7 +240,7 @@ class Attention(nn.Module):
 
 def _attend_segments(cfg: ModelConfig, q, segments):
   """One softmax over several key segments: q [b, t, kv, g, d] (scaled); each segment (k, v,
-  mask) with k, v [b, s, kv, d] (a row's own) or [s, kv, d] (shared by every row, read once for
+  mask) with k, v [b, kv, s, d] (a row's own) or [kv, s, d] (shared by every row, read once for
   the whole batch: the einsums broadcast it, nothing is materialised per row) and mask
   [b, t, s]. Scores accumulate in fp32. Returns [b, t, kv, g, d]."""
   dt = q.dtype
@@ -247,19 +250,21 @@ def _attend_segments(cfg: ModelConfig, q, segments):
     return attention_lib.bf16_rows_segments(q, segments)
   scores, sizes = [], []
   for k, _, mask in segments:
-    spec = "btkgd,skd->bkgts" if k.ndim == 3 else "btkgd,bskd->bkgts"
+    spec = "btkgd,ksd->bkgts" if k.ndim == 3 else "btkgd,bksd->bkgts"
     score = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
     if cfg.attn_logit_softcap:
       score = jnp.tanh(score / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
     scores.append(jnp.where(mask[:, None, None, :, :], score, attention_lib.NEG_INF))
-    sizes.append(k.shape[-3])
+    sizes.append(k.shape[-2])
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
   out, start = None, 0
   for (_, v, _), size in zip(segments, sizes):
-    spec = "bkgts,skd->btkgd" if v.ndim == 3 else "bkgts,bskd->btkgd"
+    # [b, kv, g, t, d]: XLA:CPU has no bf16 kernel for this product written straight into the
+    # [b, t, kv, g, d] layout ("Unsupported element type for DotThunk"); the transpose is after.
+    spec = "bkgts,ksd->bkgtd" if v.ndim == 3 else "bkgts,bksd->bkgtd"
     part = jnp.einsum(spec, probs[..., start:start + size], v, preferred_element_type=jnp.float32)
     out, start = part if out is None else out + part, start + size
-  return out.astype(dt)
+  return out.astype(dt).transpose(0, 3, 1, 2, 4)
 
 
 class MLP(nn.Module):
@@ -356,7 +361,7 @@ class Transformer(nn.Module):
     Decoding: `cache` holds `max_len` slots; the new tokens are written at `cache_index` and
     `kv_valid` [batch, max_len] says which slots hold real tokens (after this write).
     `last_only` computes logits for the last position only (prefill).
-    With `prefix` {"k", "v": [layers, prefix_slots, kv_heads, head_dim]} (decoding only), every
+    With `prefix` {"k", "v": [layers, kv_heads, prefix_slots, head_dim]} (decoding only), every
     row also reads those keys, shared by the whole batch: prefix slot i holds position i and
     `prefix_valid` [prefix_slots] says which slots hold real tokens. The cache then holds only
     what follows the prefix; `positions` count on from the prefix's length.
@@ -389,7 +394,7 @@ class Transformer(nn.Module):
       # Two key segments: the cache as it was (its slots outside this write) and the tokens of
       # this call; the layers read the old cache and return only the new keys/values, written
       # into the cache once after the last layer (in place: no per-step copy of the cache).
-      max_len = cache["k"].shape[2]
+      max_len = cache["k"].shape[3]
       q_slots = cache_index + jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       k_slots = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
       outside = (k_slots < cache_index) | (k_slots >= cache_index + seq)
@@ -425,10 +430,10 @@ class Transformer(nn.Module):
     is_sliding = jnp.asarray(cfg.layer_is_sliding)
     x, new_kv = layers(x, (is_sliding, cache, prefix), rope, masks, deterministic)
     new_cache = None
-    if cache is not None:  # new_kv: {"k", "v": [layers, batch, seq, kv_heads, head_dim]}
+    if cache is not None:  # new_kv: {"k", "v": [layers, batch, kv_heads, seq, head_dim]}
       zero = jnp.zeros((), jnp.int32)
       new_cache = {name: jax.lax.dynamic_update_slice(cache[name], new_kv[name],
-                                                      (zero, zero, cache_index, zero, zero))
+                                                      (zero, zero, zero, cache_index, zero))
                    for name in ("k", "v")}
 
     x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, dt, pdt, name="final_norm")(x)
@@ -453,7 +458,7 @@ class Transformer(nn.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
