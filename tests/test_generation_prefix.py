@@ -211,6 +211,21 @@ def test_smollm2_cag_answers_as_corpus_in_prompt(smollm2, prefill_calls):
   assert "Chen" in cag[0].text  # the corpus is read: store 3's manager
 
 
+@pytest.mark.slow
+def test_smollm2_cag_in_bf16(smollm2):
+  """bf16 compute (the demo's) through every product of a prefix read at prefill and at each
+  decode step: XLA:CPU runs bf16 x bf16 -> fp32 products only in canonical layouts, so a shared
+  segment's product once failed to run here ("Unsupported element type for DotThunk")."""
+  bf16 = ftjax.Pretrained(smollm2.config.replace(dtype="bfloat16"), smollm2.params,
+                          smollm2.tokenizer)
+  prefix_ids, suffixes = _split(bf16.tokenizer)
+  prefix = prefill_prefix(bf16, prefix_ids)
+  sampling = SamplingConfig(max_new_tokens=24)
+  cag = generate(bf16, suffixes, sampling, prefix=prefix)
+  assert "Chen" in cag[0].text  # the corpus is read: store 3's manager
+  assert all(len(c.token_ids) > 1 for c in cag)
+
+
 @pytest.fixture
 def decode_calls(monkeypatch):
   """Records the arguments of every `decode` call that generation makes."""

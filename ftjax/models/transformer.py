@@ -259,10 +259,16 @@ def _attend_segments(cfg: ModelConfig, q, segments):
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
   out, start = None, 0
   for (_, v, _), size in zip(segments, sizes):
-    # [b, kv, g, t, d]: XLA:CPU has no bf16 kernel for this product written straight into the
-    # [b, t, kv, g, d] layout ("Unsupported element type for DotThunk"); the transpose is after.
-    spec = "bkgts,ksd->bkgtd" if v.ndim == 3 else "bkgts,bksd->bkgtd"
-    part = jnp.einsum(spec, probs[..., start:start + size], v, preferred_element_type=jnp.float32)
+    # Each product's result in its canonical order (its batch axes first: [b, kv, g, t, d], or
+    # [kv, b, g, t, d] for a shared segment, whose only batch axis is kv), transposed after:
+    # written straight into another order, XLA:CPU folds the transpose into the product and has
+    # no bf16 kernel for it ("Unsupported element type for DotThunk").
+    part = probs[..., start:start + size]
+    if v.ndim == 3:
+      part = jnp.einsum("bkgts,ksd->kbgtd", part, v, preferred_element_type=jnp.float32)
+      part = part.transpose(1, 0, 2, 3, 4)
+    else:
+      part = jnp.einsum("bkgts,bksd->bkgtd", part, v, preferred_element_type=jnp.float32)
     out, start = part if out is None else out + part, start + size
   return out.astype(dt).transpose(0, 3, 1, 2, 4)
 
