@@ -49,6 +49,20 @@ def test_embeddings_equal_sentence_transformers(encoder):
   assert got.truncated.tolist() == [False] * len(SENTENCES) + [True]
 
 
+def test_bf16_embeddings_stay_close_to_fp32(encoder):
+  """bf16 compute (bf16 products with fp32 accumulation, fp32 params): each embedding within
+  cosine 0.995 of fp32's, and every sentence's nearest other sentence unchanged."""
+  bf16 = dense.load_encoder("all-minilm-l6-v2", dtype="bfloat16")
+  assert bf16.config.dtype == "bfloat16"
+  want = dense.encode(encoder, SENTENCES, batch_size=4).embeddings
+  got = dense.encode(bf16, SENTENCES, batch_size=4).embeddings
+  assert got.dtype == want.dtype == np.float32
+  cosine = np.sum(got * want, -1)
+  assert cosine.min() >= 0.995, cosine
+  nearest = lambda e: np.argsort(-(e @ e.T - 2 * np.eye(len(e))), axis=-1)[:, 0]
+  np.testing.assert_array_equal(nearest(got), nearest(want))
+
+
 def test_batching_and_padding_do_not_change_embeddings(encoder):
   one_by_one = np.concatenate([dense.encode(encoder, [s]).embeddings for s in SENTENCES[:4]])
   batched = dense.encode(encoder, SENTENCES[:4], batch_size=64).embeddings

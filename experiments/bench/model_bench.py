@@ -6,7 +6,12 @@ the peak resident memory of a LoRA training run vs peft's.
 
 Each figure is the median of --repeats timed runs after one warm-up (which includes JAX's
 compilation, reported separately as `first_step_s`). Both sides run fp32 with the model and
-inputs of the embedded SmolLM2-135M-Instruct. LoRA: rank 16, alpha 32, dropout 0.05, all seven
+inputs of the embedded SmolLM2-135M-Instruct; with `--dtype bfloat16` ftjax computes in bf16 (bf16
+products with fp32 accumulation, fp32 params, the MiniLM encoder too) and PyTorch runs under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 weights, as ftjax), and decoding also against
+transformers with its weights cast to bf16 (`model.to(torch.bfloat16)`), the faster of PyTorch's
+two bf16 decoders here. Train steps use `--remat` (default auto, the training default: full
+rematerialisation on the CPU). LoRA: rank 16, alpha 32, dropout 0.05, all seven
 projections, AdamW over the adapters only, on both sides. Memory: `python -m ftjax.train` with
 configs/smollm2_lora.py (3 steps) and a peft loop at the same batch and sequence length, each in
 its own process; peak RSS (ru_maxrss) of each.
@@ -59,14 +64,17 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default="")
   parser.add_argument("--cases", default="forward,decode,train_full,train_lora,encode,memory")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--remat", default="auto", help="ftjax's remat_policy for the train steps")
   parser.add_argument("--peft_child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.peft_child:
     return peft_training_run(args.model, batch=8, seq_len=256, steps=3)
   cases = set(args.cases.split(","))
 
-  model = ftjax.load(args.model)
+  model = ftjax.load(args.model, dtype=args.dtype)
   cfg, params, tokenizer = model.config, model.params, model.tokenizer
+  args.autocast = args.dtype == "bfloat16"
   from transformers import AutoModelForCausalLM
   hf = AutoModelForCausalLM.from_pretrained(str(resolve(args.model)), dtype=torch.float32)
   hf.eval()
@@ -82,10 +90,11 @@ def main():
     forward_case(rows, cfg, params, hf, jt, tt, args)
   if "decode" in cases:
     decode_case(rows, cfg, params, tokenizer, hf, args)
+  train_cfg = cfg.replace(remat_policy=args.remat)
   if "train_full" in cases:
-    first_steps["full"] = train_full_case(rows, cfg, params, hf, jt, tt, args)
+    first_steps["full"] = train_full_case(rows, train_cfg, params, hf, jt, tt, args)
   if "train_lora" in cases:
-    first_steps["lora"] = train_lora_case(rows, cfg, params, hf, jt, tt, args)
+    first_steps["lora"] = train_lora_case(rows, train_cfg, params, hf, jt, tt, args)
   if "encode" in cases:
     encode_case(rows, args)
   memory = memory_case(args) if "memory" in cases else {}
@@ -94,7 +103,7 @@ def main():
 
 def forward_case(rows, cfg, params, hf, jt, tt, args):
   jax_fwd = jax.jit(lambda p, t: forward(cfg, p, t))
-  with torch.no_grad():
+  with torch.no_grad(), _autocast(args):
     t_jax = timed(lambda: jax_fwd(params, jt).block_until_ready(), args.repeats)
     t_torch = timed(lambda: hf(input_ids=tt).logits, args.repeats)
   n = args.batch * args.seq_len
@@ -109,16 +118,32 @@ def decode_case(rows, cfg, params, tokenizer, hf, args):
   pad = tokenizer.pad_token_id
   inp = torch.tensor([[pad] * (longest - len(p)) + p for p in ids])
   mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in ids])
+  def torch_generate(model):
+    return lambda: model.generate(input_ids=inp, attention_mask=mask, do_sample=False,
+                                  max_new_tokens=args.new_tokens,
+                                  min_new_tokens=args.new_tokens, pad_token_id=pad)
   with torch.no_grad():
     t_jax = timed(lambda: generate_ids(cfg, params, ids, sampling, eos_ids=[], pad_id=pad),
                   args.repeats)
-    t_torch = timed(lambda: hf.generate(input_ids=inp, attention_mask=mask, do_sample=False,
-                                        max_new_tokens=args.new_tokens,
-                                        min_new_tokens=args.new_tokens, pad_token_id=pad),
-                    args.repeats)
+    with _autocast(args):
+      t_torch = timed(torch_generate(hf), args.repeats)
   n = len(ids) * args.new_tokens
-  rows.append(("greedy decode", f"{len(ids)} prompts x {args.new_tokens} new", n / t_jax,
-               n / t_torch, "tok/s"))
+  shape = f"{len(ids)} prompts x {args.new_tokens} new"
+  rows.append(("greedy decode", shape, n / t_jax, n / t_torch,
+               "tok/s vs transformers autocast" if args.autocast else "tok/s"))
+  if args.autocast:  # PyTorch's other bf16 decoder: the weights themselves in bf16
+    import copy
+    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
+    with torch.no_grad():
+      t_bf16 = timed(torch_generate(hf_bf16), args.repeats)
+    rows.append(("greedy decode", shape, n / t_jax, n / t_bf16,
+                 "tok/s vs transformers bf16 weights"))
+    del hf_bf16
+
+
+def _autocast(args):
+  """PyTorch's CPU mixed precision when the run is bf16 (fp32 weights, bf16 products)."""
+  return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast)
 
 
 def _batch(jt, seq_len):
@@ -172,7 +197,7 @@ def torch_step_fn(model, tt, lr, autocast=False):
 def train_full_case(rows, cfg, params, hf, jt, tt, args):
   jax_step = ftjax_full_step(cfg, params, jt, args.seq_len)
   hf.train()
-  torch_step = torch_step_fn(hf, tt, 1e-5)
+  torch_step = torch_step_fn(hf, tt, 1e-5, autocast=args.autocast)
   first, t_jax = _first_then_timed(jax_step, args.repeats)
   t_torch = timed(torch_step, args.repeats)
   hf.eval()
@@ -218,7 +243,7 @@ def train_lora_case(rows, cfg, params, hf, jt, tt, args):
   """LoRA rank 16 / alpha 32 / dropout 0.05 on all seven projections: ftjax vs peft."""
   first, t_jax = _first_then_timed(ftjax_lora_step(cfg, params, jt, args.seq_len), args.repeats)
   model = peft_model(hf)
-  t_torch = timed(torch_step_fn(model, tt, 1e-4), args.repeats)
+  t_torch = timed(torch_step_fn(model, tt, 1e-4, autocast=args.autocast), args.repeats)
   model.unload()  # hf back to the plain base
   n = args.batch * args.seq_len
   rows.append(("train step (LoRA r16, all proj.)", f"{args.batch}x{args.seq_len} tokens",
@@ -233,12 +258,18 @@ def encode_case(rows, args):
   from ftjax.retrieval import dense
   from ftjax.checkpoints import load_encoder
   texts = [d.text for d in make_corpus(512, seed=0)[0]][:512]
-  encoder = load_encoder("all-minilm-l6-v2")
+  encoder = load_encoder("all-minilm-l6-v2", dtype=args.dtype)
   model = SentenceTransformer(str(resolve("all-minilm-l6-v2")), device="cpu")
   t_jax = timed(lambda: dense.encode(encoder, texts, batch_size=64), args.repeats)
   t_torch = timed(lambda: model.encode(texts, batch_size=64), args.repeats)
-  rows.append(("MiniLM encode", f"{len(texts)} passages, batch 64", len(texts) / t_jax,
-               len(texts) / t_torch, "passages/s vs sentence-transformers"))
+  shape = f"{len(texts)} passages, batch 64"
+  rows.append(("MiniLM encode", shape, len(texts) / t_jax, len(texts) / t_torch,
+               "passages/s vs sentence-transformers fp32"))
+  if args.autocast:
+    with _autocast(args):
+      t_auto = timed(lambda: model.encode(texts, batch_size=64), args.repeats)
+    rows.append(("MiniLM encode", shape, len(texts) / t_jax, len(texts) / t_auto,
+                 "passages/s vs sentence-transformers autocast"))
 
 
 def peft_training_run(model_name, *, batch, seq_len, steps):
@@ -285,6 +316,8 @@ def report(rows, first_steps, memory, args):
   print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f}")
+  print(f"ftjax dtype {args.dtype}, PyTorch {'autocast bf16' if args.autocast else 'fp32'}; "
+        f"train steps: remat_policy {args.remat}")
   print(f"{'what':34} {'shape':26} {'ftjax':>10} {'peer':>10} {'ratio':>7}")
   for what, shape, ours, theirs, unit in rows:
     print(f"{what:34} {shape:26} {ours:10.1f} {theirs:10.1f} {ours / theirs:6.2f}x  ({unit})")

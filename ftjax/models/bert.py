@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.models import matmul
 from ftjax.models.attention import NEG_INF
 
 
@@ -39,6 +40,23 @@ class EncoderConfig:
     return self.hidden_size // self.num_heads
 
 
+class _Dense(nn.Module):
+  """`nn.DenseGeneral`'s params (kernel [*in, *out], bias [*out]) through `matmul.project`: in
+  bf16, bf16 inputs with fp32 accumulation (the CPU's bf16 units; a bf16-result product takes
+  XLA:CPU's slow path); in fp32, the same `dot_general` as DenseGeneral."""
+  features: int | tuple[int, ...]
+  num_contract: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        x.shape[x.ndim - self.num_contract:] + features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    return matmul.project(x, kernel, self.num_contract, self.dtype) + bias.astype(self.dtype)
+
+
 class EncoderLayer(nn.Module):
   """One post-LN BERT block; (carry, mask) -> (carry, None) so it can be scanned."""
   cfg: EncoderConfig
@@ -48,7 +66,7 @@ class EncoderLayer(nn.Module):
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     h, d = cfg.num_heads, cfg.head_dim
-    dense = functools.partial(nn.DenseGeneral, dtype=dt, param_dtype=jnp.float32)
+    dense = functools.partial(_Dense, dtype=dt)
     norm = functools.partial(nn.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=dt,
                              param_dtype=jnp.float32)
     q = dense((h, d), name="query")(x)  # [batch, seq, heads, head_dim]
@@ -57,8 +75,8 @@ class EncoderLayer(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * d ** -0.5
     scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    attn = dense(cfg.hidden_size, axis=(-2, -1), name="attention_out")(attn)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32).astype(dt)
+    attn = dense(cfg.hidden_size, num_contract=2, name="attention_out")(attn)
     x = norm(name="attention_norm")(x + attn)
     ff = jax.nn.gelu(dense(cfg.intermediate_size, name="intermediate")(x), approximate=False)
     ff = dense(cfg.hidden_size, name="output")(ff)
