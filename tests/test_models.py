@@ -211,6 +211,24 @@ def _tiny_config(**changes):
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, **changes)
 
 
+def test_remat_auto_is_full_on_the_cpu_and_explicit_policies_pass_through():
+  from ftjax.config import base_config
+  from ftjax.models.transformer import resolve_remat
+  assert base_config().remat_policy == "auto"  # the training default
+  assert resolve_remat("auto") == ("full" if jax.default_backend() == "cpu" else "none")
+  for policy in ("none", "full", "dots", "dots_no_batch"):
+    assert resolve_remat(policy) == policy
+  # "auto" on the CPU traces the layer under a remat (checkpoint) like "full", unlike "none".
+  cfg = _tiny_config()
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  def jaxpr_of(policy):
+    return str(jax.make_jaxpr(jax.grad(
+        lambda p: forward(cfg.replace(remat_policy=policy), p, tokens).sum()))(params))
+  if jax.default_backend() == "cpu":
+    assert "remat" in jaxpr_of("auto") and "remat" not in jaxpr_of("none")
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_bf16_logits_close_to_fp32(tied):
   cfg = _tiny_config(tie_word_embeddings=tied)
