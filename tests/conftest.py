@@ -8,6 +8,15 @@ from pathlib import Path
 
 # Must be set before JAX initialises its backend: sharding tests use 8 host devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Most tests compile a tiny model and run it once or twice, so XLA:CPU's compile time is most of
+# their time: LLVM at -O1 and the older loop-fusion emitters compile a tiny model's gradient in
+# 0.96 s instead of 2.3 s, with the same losses (the SmolLM2 overfit test logs the same values
+# at the same speed; SmolLM2 bf16 decoding runs 15-25% slower, measured in BENCHMARKS.md).
+# Subprocesses (`python -m ftjax.train`) inherit them. FTJAX_TEST_XLA_DEFAULTS=1 leaves XLA's own.
+if os.environ.get("FTJAX_TEST_XLA_DEFAULTS") != "1":
+  for flag in ("--xla_backend_optimization_level=1", "--xla_cpu_use_fusion_emitters=false"):
+    if flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
+      os.environ["XLA_FLAGS"] += " " + flag
 # JAX's persistent compilation cache, fresh for each session (or the folder a developer names):
 # many tests train the same tiny model, in this process and in `python -m ftjax.train`
 # subprocesses (restarts after SIGKILL), and would otherwise compile the same step again and
