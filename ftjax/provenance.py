@@ -47,15 +47,46 @@ def git_commit(root: str | Path = _ROOT) -> str | None:
   return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
+# The CPU features that decide how fast a product runs (issue 22): on a CPU with bf16 dot-product
+# units (AVX512-BF16, AMX; Arm's BF16) `dtype=bfloat16` runs several times faster than fp32, on
+# one without them (an AVX2-only EPYC) it runs slower, so a timing means little without them.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                "bf16")
+_BF16_UNITS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+  """{"model", "features", "bf16_units"}: the CPU's model name and which of CPU_FEATURES it has,
+  from `cpuinfo` (Linux's x86 "flags" or Arm's "Features" line). Without that file: what
+  `platform` knows, and None for the features."""
+  model, flags = None, None
+  try:
+    for line in Path(cpuinfo).read_text().splitlines():
+      key, _, value = line.partition(":")
+      key = key.strip()
+      if key == "model name" and model is None:
+        model = value.strip()
+      elif key in ("flags", "Features") and flags is None:
+        flags = set(value.split())
+      if model is not None and flags is not None:
+        break
+  except OSError:
+    pass
+  return {"model": model or platform.processor() or platform.machine(),
+          "features": None if flags is None else [f for f in CPU_FEATURES if f in flags],
+          "bf16_units": None if flags is None else bool(flags & _BF16_UNITS)}
+
+
 def machine() -> dict:
-  """Platform, processor, the CPU cores this process may use, and JAX's devices."""
+  """Platform, processor, the CPU (model and the features that set its bf16 speed), the CPU
+  cores this process may use, and JAX's devices."""
   import jax
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # not on Linux
     cores = os.cpu_count()
   return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "cores_available": cores,
+          "cpu": cpu(), "cpu_count": os.cpu_count(), "cores_available": cores,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "device_kind": jax.devices()[0].device_kind}
 

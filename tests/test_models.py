@@ -300,3 +300,23 @@ def test_bf16_lora_train_step_runs_and_tracks_fp32():
     losses[dtype] = float(metrics["loss"])
     assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
   assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
+
+
+def test_bf16_speed_note_only_on_a_cpu_without_bf16_units(monkeypatch, capsys):
+  from ftjax import provenance
+  from ftjax.models import matmul
+  monkeypatch.setattr(matmul, "_NOTED", [])
+  without = {"model": "AMD EPYC", "features": ["avx2", "fma"], "bf16_units": False}
+  monkeypatch.setattr(provenance, "cpu", lambda: without)
+  assert jax.default_backend() == "cpu"
+  assert matmul.bf16_speed_note("float32") is None
+  note = matmul.bf16_speed_note("bfloat16")
+  assert note.startswith("note: dtype bfloat16") and "(AMD EPYC:" in note
+  said = []
+  for _ in range(2):  # once a process
+    matmul.note_bf16_speed("bfloat16", said.append)
+    matmul.note_bf16_speed("bfloat16")
+  assert said == [note] and capsys.readouterr().err == ""
+  for units in (True, None):  # the units, or flags unknown: nothing to say
+    monkeypatch.setattr(provenance, "cpu", lambda units=units: {**without, "bf16_units": units})
+    assert matmul.bf16_speed_note("bfloat16") is None

@@ -29,3 +29,36 @@ def test_peak_rss_is_this_process_high_water_mark():
   after = provenance.peak_rss_bytes()
   del grown
   assert after >= before > 0 and after >= 64 * 2**20
+
+
+# /proc/cpuinfo of the two 2-core EPYCs this project has run on (abridged flag lists).
+_AVX2_EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 sha_ni vaes
+"""
+_BF16_EPYC = """processor\t: 0
+cpu family\t: 26
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse2 fma avx avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16
+"""
+_ARM = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes sve bf16 i8mm
+"""
+
+
+def test_cpu_names_the_features_that_set_bf16_speed(tmp_path):
+  for name, text, features, units in [
+      ("avx2", _AVX2_EPYC, ["avx2", "fma"], False),
+      ("bf16", _BF16_EPYC, ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"], True),
+      ("arm", _ARM, ["bf16"], True)]:
+    path = tmp_path / name
+    path.write_text(text + text.replace("processor\t: 0", "processor\t: 1"))
+    found = provenance.cpu(path)
+    assert found["features"] == features and found["bf16_units"] is units, name
+  assert provenance.cpu(tmp_path / "avx2")["model"] == "AMD EPYC"
+  missing = provenance.cpu(tmp_path / "absent")
+  assert missing["features"] is None and missing["bf16_units"] is None and missing["model"]
+  assert provenance.record()["machine"]["cpu"] == provenance.cpu()

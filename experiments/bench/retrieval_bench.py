@@ -44,11 +44,11 @@ def numpy_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int, batch: int 
 
 
 def machine() -> dict:
-  """The provenance record's machine, with the CPU's name, memory and load at the start."""
+  """The provenance record's machine (the CPU's name and features included), with memory and
+  load at the start."""
   from ftjax import provenance
-  from ftjax.planning.hardware import cpu_name
   mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return {**provenance.machine(), "cpu": cpu_name(), "memory_gib": round(mem, 1),
+  return {**provenance.machine(), "memory_gib": round(mem, 1),
           "load_avg_1m_start": os.getloadavg()[0]}
 
 

@@ -51,6 +51,8 @@ def run_single(config: ml_collections.ConfigDict, workdir: str | Path,
   notes = data_notes(config, data)
   for note in notes.values():
     progress.say(note)
+  from ftjax.models import matmul
+  matmul.note_bf16_speed(config.dtype, progress.say)
 
   rows, skipped, latencies, stages = [], {}, {}, {}
   for arm in config.arms:

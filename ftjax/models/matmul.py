@@ -6,6 +6,8 @@ backward pass `dy @ w.T` and `x.T @ dy`) take bf16 inputs and accumulate in fp32
 (`preferred_element_type=float32`), through a `jax.custom_vjp`. Why (issue 22): on XLA:CPU a
 bf16 x bf16 -> fp32 dot runs on YNNPACK's bf16 kernels (AVX512-BF16), 2-3x the fp32 rate, while a
 dot with a bf16 result, or with one fp32 operand, is upcast to fp32 and runs no faster than fp32.
+A CPU without bf16 dot-product units (an AVX2-only EPYC) runs the bf16 x bf16 -> fp32 dot at ~0.75x
+its fp32 rate (BENCHMARKS.md "On a CPU without bf16 units"); `bf16_speed_note` says so to a run.
 JAX's own transpose rule of a bf16 dot gives bf16-result dots in the backward pass, so without
 the custom rule only the forward would gain. The weight gradient also comes back unrounded, in
 the weight's dtype (fp32 master weights get fp32 gradients, not bf16 ones).
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +44,37 @@ def project(x: Array, kernel: Array, num_contract: int, dtype, out_dtype=None,
   # x is cast outside the custom rule: its residual is then bf16, and the cast's own transpose
   # returns an fp32 input's gradient in fp32.
   return _bf16_dot(x.astype(jnp.bfloat16), kernel, num_contract, kernel_out_first, out_dtype)
+
+
+_NOTED: list[str] = []
+
+
+def bf16_speed_note(dtype) -> str | None:
+  """The line a run prints once when it computes in bf16 on a CPU without bf16 dot-product units
+  (no AVX512-BF16, AMX or Arm BF16 among /proc/cpuinfo's flags), where bf16 products run no
+  faster than fp32; None for another dtype, an accelerator, a CPU with the units, or one whose
+  flags are unknown (`ftjax.provenance.cpu`)."""
+  if jnp.dtype(dtype) != jnp.bfloat16 or jax.default_backend() != "cpu":
+    return None
+  from ftjax import provenance
+  cpu = provenance.cpu()
+  if cpu["bf16_units"] is not False:
+    return None
+  return (f"note: dtype bfloat16 on a CPU without bf16 dot-product units ({cpu['model']}: no "
+          "AVX512-BF16 or AMX): bf16 products run no faster than fp32 here, so dtype=float32 "
+          "may be the faster run (its results round differently)")
+
+
+def note_bf16_speed(dtype, say: Callable[[str], None] | None = None) -> None:
+  """Prints `bf16_speed_note` (to stderr, or through `say`) the first time a process has one."""
+  note = bf16_speed_note(dtype)
+  if note is None or note in _NOTED:
+    return
+  _NOTED.append(note)
+  if say is None:
+    print(note, file=sys.stderr, flush=True)
+  else:
+    say(note)
 
 
 def plain_project(x: Array, kernel: Array, num_contract: int, dtype, out_dtype=None,

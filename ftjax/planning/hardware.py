@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -70,13 +69,8 @@ def _cache_file() -> Path:
 
 def cpu_name() -> str:
   """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  from ftjax import provenance
+  return provenance.cpu()["model"]
 
 
 def _machine_key() -> str:

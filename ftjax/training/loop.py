@@ -28,7 +28,7 @@ from ftjax import audit
 from ftjax.checkpoints import Pretrained, load
 from ftjax.checkpoints.orbax_store import Checkpointer
 from ftjax.config import ConfigError, validate
-from ftjax.models import lora as lora_lib
+from ftjax.models import lora as lora_lib, matmul
 from ftjax.sharding import shard_batch
 from ftjax.training.data import loss_positions, make_data
 from ftjax.training.errors import TrainingDiverged
@@ -72,6 +72,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   check_writable(workdir)
   is_main = jax.process_index() == 0
   config = audit.gate(config, workdir).config  # data.audit: warn, stop, or redacted copies
+  if is_main:
+    matmul.note_bf16_speed(config.dtype)
 
   base = load(config.model, dtype=config.dtype, param_dtype=config.param_dtype,
               device_put=False, remat_policy=config.remat_policy,
