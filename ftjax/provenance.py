@@ -56,23 +56,29 @@ _BF16_UNITS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
 def cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
-  """{"model", "features", "bf16_units"}: the CPU's model name and which of CPU_FEATURES it has,
-  from `cpuinfo` (Linux's x86 "flags" or Arm's "Features" line). Without that file: what
-  `platform` knows, and None for the features."""
-  model, flags = None, None
+  """{"model", "family", "model_id", "features", "bf16_units"}: the CPU's model name, its x86
+  family and model numbers (a VM often names every EPYC "AMD EPYC"; the numbers tell a Zen 3 (25
+  / 1), a Zen 4 (25 / 17) and a Zen 5 (26) apart), and which of CPU_FEATURES it has, from
+  `cpuinfo` (Linux's x86 "flags" or Arm's "Features" line). Without that file: what `platform`
+  knows, and None for the rest."""
+  found: dict[str, str] = {}
   try:
     for line in Path(cpuinfo).read_text().splitlines():
       key, _, value = line.partition(":")
       key = key.strip()
-      if key == "model name" and model is None:
-        model = value.strip()
-      elif key in ("flags", "Features") and flags is None:
-        flags = set(value.split())
-      if model is not None and flags is not None:
+      if key in ("model name", "cpu family", "model", "flags", "Features"):
+        found.setdefault(key, value.strip())
+      elif key == "processor" and found:  # the first processor's block is enough
         break
   except OSError:
     pass
-  return {"model": model or platform.processor() or platform.machine(),
+  flags = found.get("flags", found.get("Features"))
+  flags = None if flags is None else set(flags.split())
+
+  def number(key):
+    return int(found[key]) if found.get(key, "").isdigit() else None
+  return {"model": found.get("model name") or platform.processor() or platform.machine(),
+          "family": number("cpu family"), "model_id": number("model"),
           "features": None if flags is None else [f for f in CPU_FEATURES if f in flags],
           "bf16_units": None if flags is None else bool(flags & _BF16_UNITS)}
 
