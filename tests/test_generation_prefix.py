@@ -1,6 +1,7 @@
 """Cache-augmented generation: a prefilled prefix reads exactly as the same tokens in a prompt."""
 
 import copy
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -346,3 +347,41 @@ def test_cag_with_a_sliding_window(tiny_mistral, prefill_calls):
   unwindowed = model.config.replace(sliding_window=None, sliding_layers=())
   generate(model._replace(config=unwindowed), [_corpus_messages(q) for q in QUESTIONS], SAMPLING)
   assert np.abs(prefill_calls[-1][1] - cag_logits).max() > 1e-2
+
+
+def test_share_prefix_prefills_the_common_prefix_once(tiny, prefill_calls):
+  """`SamplingConfig.share_prefix`: the tokens every prompt begins with are prefilled once, each
+  row prefills its own tokens only, and greedy generation is the same as without sharing."""
+  prefix_ids, suffixes = _split(tiny.tokenizer)
+  prompts = [list(prefix_ids) + list(s) for s in suffixes]
+  assert decoding.shared_prefix_length(prompts) >= len(prefix_ids) >= decoding.SHARED_PREFIX_MIN
+  cfg, params = tiny.config, tiny.params
+  plain = decoding.generate_ids(cfg, params, prompts, SAMPLING, eos_ids=[], pad_id=0)
+  plain_calls = list(prefill_calls)
+  del prefill_calls[:]
+  shared_sampling = dataclasses.replace(SAMPLING, share_prefix=True)
+  shared = decoding.generate_ids(cfg, params, prompts, shared_sampling, eos_ids=[], pad_id=0)
+  assert shared == plain and all(len(o) == SAMPLING.max_new_tokens for o in shared)
+  shared_len = decoding.shared_prefix_length(prompts)
+  # One batch-1 prefill of the shared prefix (its slots), then the rows' own tokens only.
+  assert prefill_calls[0][0][0] == 1
+  rows = [shape for shape, _ in prefill_calls if shape[0] == len(prompts)]
+  assert len(rows) == 1 and rows[0][1] < plain_calls[-1][0][1]
+  block = -(-max(len(p) - shared_len for p in prompts) // decoding.LENGTH_MULTIPLE) \
+      * decoding.LENGTH_MULTIPLE
+  assert rows[0][1] == block
+  # Next-token logits of the rows match the unshared prefill's.
+  np.testing.assert_allclose(prefill_calls[-1][1], plain_calls[-1][1], atol=1e-4, rtol=1e-4)
+
+
+def test_share_prefix_leaves_short_or_single_prompts_alone(tiny, prefill_calls):
+  cfg, params = tiny.config, tiny.params
+  sampling = dataclasses.replace(SAMPLING, share_prefix=True)
+  # Every prompt keeps at least one token of its own; a short common prefix is not split off.
+  assert decoding.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4], [1, 2, 3]]) == 2
+  assert decoding.shared_prefix_length([[5, 6], [7, 8]]) == 0
+  prompts = [[11] * 10 + [12, 13], [11] * 10 + [14]]  # 10 shared tokens: under the minimum
+  decoding.generate_ids(cfg, params, prompts, sampling, eos_ids=[], pad_id=0)
+  decoding.generate_ids(cfg, params, [[11] * 40 + [12]], sampling, eos_ids=[], pad_id=0)
+  assert [shape[0] for shape, _ in prefill_calls] == [2, 1]  # no batch-1 prefix prefill first
+  assert [shape[1] for shape, _ in prefill_calls] == [32, 64]

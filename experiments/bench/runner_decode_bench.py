@@ -37,6 +37,7 @@ def main():
 
   from ftjax.provenance import record as provenance_record
   from ftjax.experiment import data as data_lib
+  from ftjax.arms import registry as arm_registry
   from ftjax.experiment import answering, context
   from ftjax.experiment import config as config_lib
   from ftjax.experiment.cache import StageCache
@@ -63,7 +64,7 @@ def main():
     index = None
     if arm in config_lib.RETRIEVAL_ARMS:
       index = answering.open_index(ctx, answering.index_stage(ctx)[0] / "index")
-    answerer = answering.make_answerer(ctx, arm, model, index)
+    answerer = answering.make_answerer(ctx, arm_registry.get(arm), model, index)
     answering.answer_questions(ctx, answerer, stream, "warm-up")
     answers, seconds, _ = answering.answer_questions(ctx, answerer, stream, "timed")
     runner_tokens = sum(a.new_tokens for a in answers)

@@ -7,6 +7,8 @@ computed once (`prefill_prefix_ids`) and then shared by every row of a batch: at
 keys/values (no batch axis) once per step for all rows, next to each row's own cache, in one
 softmax. It is never run through the model again nor copied per row (CAG), so a prompt after a
 prefix reads exactly `prefix + prompt` while the batch's cache holds only prompts + new tokens.
+With `SamplingConfig.share_prefix` the tokens every prompt of a call begins with (a system prompt,
+few-shot turns) become such a prefix, prefilled once instead of once per row.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ftjax.models.transformer import Transformer, init_cache
 
 # Cache lengths are rounded up to a multiple of this, so that fewer shapes compile.
 LENGTH_MULTIPLE = 32
+SHARED_PREFIX_MIN = 64  # SamplingConfig.share_prefix: shorter shared prefixes are not split off
+# (39 shared tokens before ~265 of their own saved nothing on the demo's rag arm: BENCHMARKS.md)
 
 
 @dataclasses.dataclass
@@ -104,6 +108,10 @@ class SamplingConfig:
   # length and cut into equal batches (the last padded with repeats), so a batch pads its
   # prompts to similar lengths and every batch has one shape (one compilation per length bucket).
   batch_size: int = 0
+  # Prefill the token prefix every prompt of a call shares (a system prompt, few-shot turns, an
+  # instruction: at least SHARED_PREFIX_MIN tokens) once, and every row reads it from one cache
+  # (`PrefixCache`) instead of recomputing it. Same math; bf16 results round differently.
+  share_prefix: bool = False
 
   def __post_init__(self):
     if self.batch_size < 0:
@@ -262,6 +270,16 @@ def prefill_prefix_ids(cfg: ModelConfig, params, prefix_ids: Sequence[int], lora
   return PrefixCache(ids, cache, cfg, lora)
 
 
+def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
+  """Tokens every prompt begins with, leaving each prompt at least one token of its own (its
+  last token's logits start its generation)."""
+  first, limit = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
+  n = 0
+  while n < limit and all(p[n] == first[n] for p in prompt_ids):
+    n += 1
+  return n
+
+
 def _check_prefix(prefix: PrefixCache, cfg: ModelConfig, lora) -> None:
   if not isinstance(prefix, PrefixCache):
     raise TypeError(f"prefix must be a PrefixCache (from prefill_prefix), got {type(prefix)}")
@@ -288,6 +306,11 @@ def generate_ids(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]],
   """
   if not prompt_ids:
     return []
+  if sampling.share_prefix and prefix is None and len(prompt_ids) > 1:
+    shared = shared_prefix_length(prompt_ids)
+    if shared >= SHARED_PREFIX_MIN:
+      prefix = prefill_prefix_ids(cfg, params, prompt_ids[0][:shared], lora=lora)
+      prompt_ids = [p[shared:] for p in prompt_ids]
   cached = 0
   if prefix is not None:
     _check_prefix(prefix, cfg, lora)
