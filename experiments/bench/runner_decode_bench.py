@@ -27,6 +27,42 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
+def load_runner(config_path: str, dtype: str = "", prefix: str = "bench_"):
+  """The experiment's context as the runner builds it, on a fresh stage cache: (config, ctx,
+  base model, EOS ids, pad id)."""
+  from ftjax.experiment import context
+  from ftjax.experiment import data as data_lib
+  from ftjax.experiment.cache import StageCache
+  from ftjax.experiment.config import load_config_file, validate
+  from ftjax.generation.text import eos_token_ids
+  config = validate(load_config_file(config_path))
+  if dtype:
+    config.dtype = dtype
+  data = data_lib.load(config.data)
+  ctx = context.Context(config, data, StageCache(Path(tempfile.mkdtemp(prefix=prefix))),
+                        context.Progress())
+  model = ctx.base_model()
+  return config, ctx, model, eos_token_ids(model.config, model.tokenizer), \
+      model.tokenizer.pad_token_id or 0
+
+
+def question_stream(ctx):
+  """The questions every arm answers (eval, unanswerable, general), in the runner's order."""
+  from ftjax.experiment import context
+  return [q for s in context.SPLITS for q in ctx.data.questions.get(s, [])]
+
+
+def arm_answerer(ctx, arm: str, model):
+  """The runner's answerer of `arm`, with the experiment's index when the arm retrieves."""
+  from ftjax.arms import registry as arm_registry
+  from ftjax.experiment import answering
+  from ftjax.experiment import config as config_lib
+  index = None
+  if arm in config_lib.RETRIEVAL_ARMS:
+    index = answering.open_index(ctx, answering.index_stage(ctx)[0] / "index")
+  return answering.make_answerer(ctx, arm_registry.get(arm), model, index)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--config", default=str(ROOT / "configs" / "experiments" / "support.py"))
@@ -36,35 +72,18 @@ def main():
   args = parser.parse_args()
 
   from ftjax.provenance import record as provenance_record
-  from ftjax.experiment import data as data_lib
-  from ftjax.arms import registry as arm_registry
-  from ftjax.experiment import answering, context
-  from ftjax.experiment import config as config_lib
-  from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.config import load_config_file, validate
   from ftjax.generation.decoding import generate_ids
-  from ftjax.generation.text import eos_token_ids
+  from ftjax.experiment import answering
   import numpy as np
 
-  config = validate(load_config_file(args.config))
-  if args.dtype:
-    config.dtype = args.dtype
-  data = data_lib.load(config.data)
-  work = Path(tempfile.mkdtemp(prefix="runner_decode_"))
-  ctx = context.Context(config, data, StageCache(work), context.Progress())
-  model = ctx.base_model()
+  config, ctx, model, eos, pad = load_runner(args.config, args.dtype, "runner_decode_")
   tokenizer = model.tokenizer
-  eos = eos_token_ids(model.config, tokenizer)
-  pad = tokenizer.pad_token_id or 0
   sampling = ctx.sampling()
   batch = config.sampling.batch_size
-  stream = [q for s in context.SPLITS for q in data.questions.get(s, [])]
+  stream = question_stream(ctx)
   rows = []
   for arm in args.arms.split(","):
-    index = None
-    if arm in config_lib.RETRIEVAL_ARMS:
-      index = answering.open_index(ctx, answering.index_stage(ctx)[0] / "index")
-    answerer = answering.make_answerer(ctx, arm_registry.get(arm), model, index)
+    answerer = arm_answerer(ctx, arm, model)
     answering.answer_questions(ctx, answerer, stream, "warm-up")
     answers, seconds, _ = answering.answer_questions(ctx, answerer, stream, "timed")
     runner_tokens = sum(a.new_tokens for a in answers)

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,33 +28,18 @@ def main():
   parser.add_argument("--out", default="")
   args = parser.parse_args()
 
-  from ftjax.arms import registry as arm_registry
-  from ftjax.experiment import answering, context
-  from ftjax.experiment import config as config_lib
-  from ftjax.experiment import data as data_lib
-  from ftjax.experiment.cache import StageCache
-  from ftjax.experiment.config import load_config_file, validate
+  from runner_decode_bench import arm_answerer, load_runner, question_stream
   from ftjax.generation.decoding import generate_ids, shared_prefix_length
-  from ftjax.generation.text import eos_token_ids
   from ftjax.provenance import record
 
-  config = validate(load_config_file(args.config))
-  data = data_lib.load(config.data)
-  ctx = context.Context(config, data, StageCache(Path(tempfile.mkdtemp(prefix="shared_prefix_"))),
-                        context.Progress())
-  model = ctx.base_model()
+  config, ctx, model, eos, pad = load_runner(args.config, prefix="shared_prefix_")
   tokenizer = model.tokenizer
-  eos = eos_token_ids(model.config, tokenizer)
-  pad = tokenizer.pad_token_id or 0
-  stream = [q.input for s in context.SPLITS for q in data.questions.get(s, [])]
+  stream = [q.input for q in question_stream(ctx)]
   rows = []
   for arm in args.arms.split(","):
-    index = None
-    if arm in config_lib.RETRIEVAL_ARMS:
-      index = answering.open_index(ctx, answering.index_stage(ctx)[0] / "index")
     new_tokens = config.sampling.max_new_tokens
     config.sampling.max_new_tokens = 1  # the prompts only: one token each is enough to render
-    answers = answering.make_answerer(ctx, arm_registry.get(arm), model, index).answer(stream)
+    answers = arm_answerer(ctx, arm, model).answer(stream)
     config.sampling.max_new_tokens = new_tokens
     ids = [tokenizer.encode(a.prompt, add_special_tokens=False) for a in answers]
     sampling = ctx.sampling()

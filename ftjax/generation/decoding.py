@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -273,11 +274,8 @@ def prefill_prefix_ids(cfg: ModelConfig, params, prefix_ids: Sequence[int], lora
 def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
   """Tokens every prompt begins with, leaving each prompt at least one token of its own (its
   last token's logits start its generation)."""
-  first, limit = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
-  n = 0
-  while n < limit and all(p[n] == first[n] for p in prompt_ids):
-    n += 1
-  return n
+  return min(len(os.path.commonprefix([list(p) for p in prompt_ids])),
+             min(len(p) for p in prompt_ids) - 1)
 
 
 def _check_prefix(prefix: PrefixCache, cfg: ModelConfig, lora) -> None:
