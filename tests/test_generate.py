@@ -257,3 +257,18 @@ def test_timed_splits_first_token_from_decode(tiny):
   assert again.decode_tokens_per_s == pytest.approx(8 / again.decode_s)
   run()  # outside the block nothing is recorded
   assert again.calls == 1
+
+
+def test_compile_only_compiles_a_shape_ahead_and_runs_nothing(tiny):
+  """`compile_only()` (the latency measurement's warm-up): the call compiles its batch shapes and
+  returns no tokens; the same call afterwards compiles nothing and generates as usual."""
+  from ftjax.generation.decoding import compile_only, timed
+  _, model = tiny
+  prompts = [[21, 22, 23, 24, 25, 26, 27, 28, 29, 30] * 4]  # a prompt length no other test uses
+  sampling = SamplingConfig(max_new_tokens=7)
+  with timed() as ahead, compile_only():
+    assert generate_ids(model.config, model.params, prompts, sampling, [], 0) == [[]]
+  assert ahead.calls == 0  # nothing ran, so nothing was timed
+  with timed() as after:
+    out = generate_ids(model.config, model.params, prompts, sampling, [], 0)
+  assert not after.compiled and after.calls == 1 and len(out[0]) == 7

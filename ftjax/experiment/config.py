@@ -88,6 +88,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.batch_size = 32  # questions per forward pass, sorted by prompt length
   c.sampling.latency_questions = 30  # eval questions answered one at a time: latency, TTFT, decode
+  # The prefix every prompt of a batch call shares (>= 64 tokens: the system prompt and few-shot
+  # turns of the prompted arms) is prefilled once and read by every row (SamplingConfig's
+  # share_prefix): the same math, but bf16 rounds it differently from a row's own prefill.
+  c.sampling.share_prefix = True
 
   c.retrieval = ml_collections.ConfigDict()
   c.retrieval.method = "hybrid"  # bm25 | dense | hybrid

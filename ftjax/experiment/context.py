@@ -65,7 +65,8 @@ class Context:
   def sampling(self, **overrides) -> SamplingConfig:
     s = self.config.sampling
     fields = dict(max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                  top_k=s.top_k, top_p=s.top_p, seed=self.config.seed, batch_size=s.batch_size)
+                  top_k=s.top_k, top_p=s.top_p, seed=self.config.seed, batch_size=s.batch_size,
+                  share_prefix=s.get("share_prefix", False))
     fields.update(overrides)
     return SamplingConfig(**fields)
 

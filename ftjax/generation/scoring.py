@@ -5,7 +5,8 @@ security measurement's canary ranks (`ftjax.experiment.security`).
 
 Rows are sorted longest first and batched right-padded to a multiple of LENGTH_MULTIPLE
 positions, each batch filled to `batch_size` rows, so a run compiles few shapes; padding is
-masked by `segment_ids`.
+masked by `segment_ids`. Many continuations of one context (`continuation_logprobs`: a canary's
+candidates) run the context once, as a shared prefix cache, and only the continuations per row.
 """
 
 from __future__ import annotations
@@ -17,14 +18,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.generation.decoding import LENGTH_MULTIPLE
-from ftjax.models.transformer import forward
+from ftjax.generation.decoding import (LENGTH_MULTIPLE, prefill_prefix_ids, shared_prefix,
+                                       variables)
+from ftjax.models.transformer import Transformer, forward, init_cache
+
+
+CONTINUATION_MULTIPLE = 8  # rows of continuations alone are short (a canary's secret: ~15 tokens)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def token_logprobs(cfg, params, lora, tokens, segment_ids, targets):
   """log p(target) and whether target is the argmax, at every position: [batch, seq] each."""
   logits = forward(cfg, params, tokens, segment_ids=segment_ids, lora=lora)  # [b, s, vocab]
+  logprobs = jax.nn.log_softmax(logits, axis=-1)
+  target_logprob = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
+  return target_logprob, jnp.argmax(logits, axis=-1) == targets
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def token_logprobs_after_prefix(cfg, params, lora, prefix_cache, prefix_valid, tokens, valid,
+                                targets):
+  """As `token_logprobs`, every row continuing one prefix (a `PrefixCache`'s `cache`, its
+  `prefix_valid` [prefix_slots]) that is read from its cache, not run again. Rows are
+  right-padded: `valid` [batch, seq] marks their tokens."""
+  batch, seq = tokens.shape
+  positions = jnp.sum(prefix_valid, dtype=jnp.int32) + jnp.broadcast_to(
+      jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+  logits, _ = Transformer(cfg).apply(
+      variables(params, lora), tokens, positions, cache=init_cache(cfg, batch, seq),
+      cache_index=jnp.int32(0), kv_valid=valid, prefix=shared_prefix(prefix_cache),
+      prefix_valid=prefix_valid, cache_empty=True)
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   target_logprob = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
   return target_logprob, jnp.argmax(logits, axis=-1) == targets
@@ -78,6 +101,32 @@ def continuation_scores(model, pairs: Sequence[tuple[Sequence[int], Sequence[int
 def continuation_logprobs(model, prompt_ids: Sequence[int],
                           continuations: Sequence[Sequence[int]], batch_size: int = 16
                           ) -> list[float]:
-  """log p(continuation | prompt), one per continuation."""
-  return [logprob for logprob, _ in continuation_scores(
-      model, [(prompt_ids, c) for c in continuations], batch_size=batch_size)]
+  """log p(continuation | prompt), one per continuation. The prompt but its last token is
+  prefilled once and shared by every row (`token_logprobs_after_prefix`); each row reads the
+  prompt's last token and its continuation."""
+  cfg, lora = model_config_and_lora(model)
+  longest = max((len(c) for c in continuations), default=0)
+  if (len(continuations) < 2 or len(prompt_ids) < 2 or min(len(c) for c in continuations) < 1
+      or len(prompt_ids) + longest > cfg.max_position_embeddings):
+    return [logprob for logprob, _ in continuation_scores(
+        model, [(prompt_ids, c) for c in continuations], batch_size=batch_size)]
+  prefix = prefill_prefix_ids(cfg, model.params, prompt_ids[:-1], lora=lora)
+  prefix_valid = jnp.asarray(np.arange(prefix.slots) < prefix.length)
+  length = -(-longest // CONTINUATION_MULTIPLE) * CONTINUATION_MULTIPLE
+  out = []
+  for start in range(0, len(continuations), batch_size):
+    chunk = continuations[start:start + batch_size]
+    tokens = np.zeros((batch_size, length), np.int32)  # padded rows: one shape
+    targets = np.zeros_like(tokens)
+    valid = np.zeros(tokens.shape, bool)
+    valid[:, 0] = True  # keeps rows of padding from attending to nothing
+    for row, continuation in enumerate(chunk):
+      inputs = [prompt_ids[-1], *continuation[:-1]]
+      tokens[row, :len(inputs)] = inputs
+      targets[row, :len(inputs)] = continuation
+      valid[row, :len(inputs)] = True
+    logprob = np.asarray(token_logprobs_after_prefix(cfg, model.params, lora, prefix.cache,
+                                                     prefix_valid, tokens, valid, targets)[0])
+    out += [float(np.sum(logprob[row, :len(c)], dtype=np.float64))
+            for row, c in enumerate(chunk)]
+  return out
