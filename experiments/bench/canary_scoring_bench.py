@@ -13,7 +13,6 @@ log-probability (between the two, and of each from an fp32 reference) and the ca
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ def main():
 
   from runner_decode_bench import load_runner
   from ftjax.evaluation import security as metrics
-  from ftjax.experiment.security import _canary_prompt_ids
-  from ftjax.experiment.security_planting import canaries, random_secret
+  from ftjax.experiment.security import _canary_prompt_ids, canary_candidates
+  from ftjax.experiment.security_planting import canaries
   from ftjax.generation.scoring import continuation_logprobs, continuation_scores
   from ftjax.provenance import record
 
@@ -40,12 +39,7 @@ def main():
   tokenizer = model.tokenizer
   cases = []  # (prompt ids, [secret, *candidates] ids)
   for i, canary in enumerate(canaries(config)):
-    rng = random.Random(f"candidates-{config.seed}-{i}")
-    candidates = []
-    while len(candidates) < config.security.canary_candidates:
-      secret = random_secret(rng)
-      if secret != canary.secret:
-        candidates.append(secret)
+    candidates = canary_candidates(config, i, canary)
     cases.append((_canary_prompt_ids(ctx, tokenizer, canary),
                   [tokenizer.encode(f" {s}", add_special_tokens=False)
                    for s in [canary.secret, *candidates]]))

@@ -75,6 +75,18 @@ def _canary_prompt_ids(ctx, tokenizer, canary: Canary) -> list[int]:
   return ids + tokenizer.encode(canary.prefix, add_special_tokens=False)
 
 
+def canary_candidates(config, i: int, canary: Canary) -> list[str]:
+  """The `security.canary_candidates` random secrets canary `i` is ranked among (seeded, never
+  the canary's own)."""
+  rng = random.Random(f"candidates-{config.seed}-{i}")
+  candidates = []
+  while len(candidates) < config.security.canary_candidates:
+    secret = random_secret(rng)
+    if secret != canary.secret:
+      candidates.append(secret)
+  return candidates
+
+
 def canary_stage(ctx, label: str, model_key, load_model) -> dict:
   """Rank, exposure and greedy extraction of every canary under one model."""
   c = ctx.config
@@ -89,12 +101,7 @@ def canary_stage(ctx, label: str, model_key, load_model) -> dict:
                      f"{c.security.canary_candidates} candidates)")
     rows, prompts = [], []
     for i, canary in enumerate(canaries(c)):
-      rng = random.Random(f"candidates-{c.seed}-{i}")
-      candidates = []
-      while len(candidates) < c.security.canary_candidates:
-        secret = random_secret(rng)
-        if secret != canary.secret:
-          candidates.append(secret)
+      candidates = canary_candidates(c, i, canary)
       prompt = _canary_prompt_ids(ctx, tokenizer, canary)
       scores = continuation_logprobs(model, prompt, [
           tokenizer.encode(f" {s}", add_special_tokens=False) for s in [canary.secret, *candidates]])

@@ -173,6 +173,11 @@ class PrefixCache:
   def slots(self) -> int:
     return self.cache["k"].shape[3]
 
+  @property
+  def valid(self) -> jax.Array:
+    """[slots] bool: which slots hold the prefix's tokens (the tail is padding)."""
+    return jnp.asarray(np.arange(self.slots) < self.length)
+
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
@@ -388,35 +393,31 @@ def _generate_batch(cfg: ModelConfig, params, prompt_ids: Sequence[Sequence[int]
   kv_valid = np.zeros((batch, slots), bool)
   kv_valid[:, :prompt_len] = valid
   cache = init_cache(cfg, batch, slots)
-  prefix_cache = prefix_valid = None
-  if prefix is not None:
-    prefix_cache = prefix.cache
-    prefix_valid = jnp.asarray(np.arange(prefix.slots) < prefix.length)
-  if _COMPILE_ONLY.get():
-    prefill.lower(cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
-                  prefix_cache, prefix_valid, cache_empty=True).compile()
-    decode.lower(
-        cfg, params, lora, cache, jnp.zeros((batch, cfg.vocab_size), jnp.float32),
-        positions[:, -1] + 1, kv_valid, jnp.int32(prompt_len), jax.random.PRNGKey(sampling.seed),
-        jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-        jnp.asarray(list(eos_ids) or [-1], jnp.int32), jnp.int32(pad_id), prefix_cache,
-        prefix_valid, max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy,
-        top_k=sampling.top_k).compile()
+  prefix_cache, prefix_valid = (prefix.cache, prefix.valid) if prefix is not None else (None, None)
+  prefill_args = (cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
+                  prefix_cache, prefix_valid)
+
+  def decode_args(logits):
+    return (cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid,
+            jnp.int32(prompt_len), jax.random.PRNGKey(sampling.seed),
+            jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
+            jnp.asarray(list(eos_ids) or [-1], jnp.int32), jnp.int32(pad_id), prefix_cache,
+            prefix_valid)
+  decode_kwargs = dict(max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy,
+                       top_k=sampling.top_k)
+  if _COMPILE_ONLY.get():  # the same calls, lowered and compiled (jit reuses them), not run
+    prefill.lower(*prefill_args, cache_empty=True).compile()
+    decode.lower(*decode_args(jnp.zeros((batch, cfg.vocab_size), jnp.float32)),
+                 **decode_kwargs).compile()
     return [[] for _ in range(batch)]
   timing = _TIMING.get()
   if timing is not None:
     compiled_before, started = _compilations(), time.perf_counter()
-  logits, cache = prefill(cfg, params, lora, cache, tokens, positions, kv_valid, jnp.int32(0),
-                          prefix_cache, prefix_valid, cache_empty=True)
+  logits, cache = prefill(*prefill_args, cache_empty=True)
   if timing is not None:
     logits.block_until_ready()
     first_token = time.perf_counter()
-  out, lengths, _ = decode(
-      cfg, params, lora, cache, logits, positions[:, -1] + 1, kv_valid, jnp.int32(prompt_len),
-      jax.random.PRNGKey(sampling.seed), jnp.float32(sampling.temperature),
-      jnp.float32(sampling.top_p), jnp.asarray(list(eos_ids) or [-1], jnp.int32),
-      jnp.int32(pad_id), prefix_cache, prefix_valid,
-      max_new_tokens=sampling.max_new_tokens, greedy=sampling.greedy, top_k=sampling.top_k)
+  out, lengths, _ = decode(*decode_args(logits), **decode_kwargs)
   out, lengths = np.asarray(out), np.asarray(lengths)
   if timing is not None:
     timing.prefill_s += first_token - started

@@ -26,13 +26,18 @@ from ftjax.models.transformer import Transformer, forward, init_cache
 CONTINUATION_MULTIPLE = 8  # rows of continuations alone are short (a canary's secret: ~15 tokens)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def token_logprobs(cfg, params, lora, tokens, segment_ids, targets):
-  """log p(target) and whether target is the argmax, at every position: [batch, seq] each."""
-  logits = forward(cfg, params, tokens, segment_ids=segment_ids, lora=lora)  # [b, s, vocab]
+def _target_scores(logits, targets):
+  """logits [batch, seq, vocab] -> (log p(target), target is the argmax): [batch, seq] each."""
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   target_logprob = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
   return target_logprob, jnp.argmax(logits, axis=-1) == targets
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def token_logprobs(cfg, params, lora, tokens, segment_ids, targets):
+  """log p(target) and whether target is the argmax, at every position: [batch, seq] each."""
+  return _target_scores(forward(cfg, params, tokens, segment_ids=segment_ids, lora=lora),
+                        targets)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -48,9 +53,7 @@ def token_logprobs_after_prefix(cfg, params, lora, prefix_cache, prefix_valid, t
       variables(params, lora), tokens, positions, cache=init_cache(cfg, batch, seq),
       cache_index=jnp.int32(0), kv_valid=valid, prefix=shared_prefix(prefix_cache),
       prefix_valid=prefix_valid, cache_empty=True)
-  logprobs = jax.nn.log_softmax(logits, axis=-1)
-  target_logprob = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
-  return target_logprob, jnp.argmax(logits, axis=-1) == targets
+  return _target_scores(logits, targets)
 
 
 def model_config_and_lora(model):
@@ -111,7 +114,6 @@ def continuation_logprobs(model, prompt_ids: Sequence[int],
     return [logprob for logprob, _ in continuation_scores(
         model, [(prompt_ids, c) for c in continuations], batch_size=batch_size)]
   prefix = prefill_prefix_ids(cfg, model.params, prompt_ids[:-1], lora=lora)
-  prefix_valid = jnp.asarray(np.arange(prefix.slots) < prefix.length)
   length = -(-longest // CONTINUATION_MULTIPLE) * CONTINUATION_MULTIPLE
   out = []
   for start in range(0, len(continuations), batch_size):
@@ -126,7 +128,7 @@ def continuation_logprobs(model, prompt_ids: Sequence[int],
       targets[row, :len(inputs)] = continuation
       valid[row, :len(inputs)] = True
     logprob = np.asarray(token_logprobs_after_prefix(cfg, model.params, lora, prefix.cache,
-                                                     prefix_valid, tokens, valid, targets)[0])
+                                                     prefix.valid, tokens, valid, targets)[0])
     out += [float(np.sum(logprob[row, :len(c)], dtype=np.float64))
             for row, c in enumerate(chunk)]
   return out
